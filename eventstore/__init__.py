@@ -1,0 +1,79 @@
+"""eventstore: append-only event streams in PostgreSQL, shared by every ledger service.
+
+    store = await EventStore.open(dsn, "account")
+    result = await store.append("account-1", [NewEvent("AccountOpened", {...})], NO_STREAM)
+    events = await store.read_stream("account-1")
+    batch = await store.read_all(after=checkpoint)
+
+Everything else a service needs (subscriptions, projections, snapshots, upcasters, the
+audit of hash chains) is exported here too; the modules behind it are private detail.
+"""
+
+from eventstore.audit import ChainReport, verify_chains
+from eventstore.errors import (
+    AppendOnlyViolation,
+    ConcurrencyError,
+    DuplicateEventError,
+    EventStoreError,
+    InvalidEvent,
+    MigrationError,
+    StoreUnavailable,
+    StreamNotFound,
+)
+from eventstore.events import (
+    ANY,
+    NO_STREAM,
+    START,
+    STREAM_EXISTS,
+    AppendResult,
+    Direction,
+    NewEvent,
+    Position,
+    RecordedEvent,
+)
+from eventstore.hashing import ChainBreak
+from eventstore.projections import (
+    Projection,
+    RebuildReport,
+    RowDifference,
+    projection_subscription,
+    rebuild,
+)
+from eventstore.snapshots import Snapshot
+from eventstore.store import EventStore, UnitOfWork
+from eventstore.subscriptions import Handler, Subscription
+from eventstore.upcasting import Upcasters
+
+__all__ = [
+    "ANY",
+    "NO_STREAM",
+    "START",
+    "STREAM_EXISTS",
+    "AppendOnlyViolation",
+    "AppendResult",
+    "ChainBreak",
+    "ChainReport",
+    "ConcurrencyError",
+    "Direction",
+    "DuplicateEventError",
+    "EventStore",
+    "EventStoreError",
+    "Handler",
+    "InvalidEvent",
+    "MigrationError",
+    "NewEvent",
+    "Position",
+    "Projection",
+    "RebuildReport",
+    "RecordedEvent",
+    "RowDifference",
+    "Snapshot",
+    "StoreUnavailable",
+    "StreamNotFound",
+    "Subscription",
+    "UnitOfWork",
+    "Upcasters",
+    "projection_subscription",
+    "rebuild",
+    "verify_chains",
+]

@@ -1,0 +1,47 @@
+"""Turn asyncpg's exceptions into the event store's typed errors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Final
+
+import asyncpg
+
+from eventstore.errors import (
+    AppendOnlyViolation,
+    ConcurrencyError,
+    DuplicateEventError,
+    EventStoreError,
+    StoreUnavailable,
+)
+
+_VERSION_MISMATCH: Final = "LE001"
+_IDS_REUSED: Final = "LE003"
+_APPEND_ONLY: Final = "LE010"
+_UNIQUE_VIOLATION: Final = "23505"
+
+
+@contextmanager
+def translated_errors(stream_id: str = "", expected_version: int = 0) -> Iterator[None]:
+    """Re-raise asyncpg errors from the block as EventStoreError subclasses."""
+    try:
+        yield
+    except asyncpg.PostgresError as error:
+        raise _translate(error, stream_id, expected_version) from error
+    except (OSError, asyncpg.InterfaceError) as error:
+        raise StoreUnavailable(f"PostgreSQL is unavailable: {error}") from error
+
+
+def _translate(error: asyncpg.PostgresError, stream_id: str, expected: int) -> EventStoreError:
+    code = error.sqlstate
+    if code == _VERSION_MISMATCH:
+        detail = getattr(error, "detail", None) or "0"
+        return ConcurrencyError(stream_id, expected, int(detail))
+    if code in (_IDS_REUSED, _UNIQUE_VIOLATION):
+        return DuplicateEventError(f"append to {stream_id!r} reuses stored event ids: {error}")
+    if code == _APPEND_ONLY:
+        return AppendOnlyViolation(str(error))
+    if isinstance(error, asyncpg.PostgresConnectionError | asyncpg.CannotConnectNowError):
+        return StoreUnavailable(f"PostgreSQL is unavailable: {error}")
+    return EventStoreError(f"PostgreSQL refused the operation ({code}): {error}")

@@ -1,0 +1,92 @@
+-- append_events: one round trip appends a batch to one stream under optimistic concurrency.
+--
+-- p_expected: an exact version (>= 1), 0 = the stream must not exist, -1 = any, -2 = it must exist.
+-- The stream row is locked first, so writers of one stream queue here and nowhere else.
+-- Re-appending event ids that are already stored returns the stored rows (is_duplicate).
+-- Each hash is sha256(prev_hash || version || recorded_at in microseconds || body), where the
+-- body is the canonical JSON the caller computed; eventstore/hashing.py recomputes the same.
+
+create function {schema}.append_events(
+    p_stream_id text,
+    p_expected  bigint,
+    p_event_ids uuid[],
+    p_types     text[],
+    p_data      jsonb[],
+    p_metadata  jsonb[],
+    p_bodies    bytea[]
+) returns table (
+    global_position bigint,
+    stream_version  bigint,
+    recorded_at     timestamptz,
+    tx_id           xid8,
+    hash            bytea,
+    prev_hash       bytea,
+    is_duplicate    boolean
+) language plpgsql as $$
+declare
+    v_count   int := cardinality(p_event_ids);
+    v_version bigint;
+    v_hash    bytea;
+    v_now     timestamptz := now();
+    v_micros  bigint := (extract(epoch from now()) * 1000000)::bigint;
+    v_hashes  bytea[] := '{}';
+    v_prevs   bytea[] := '{}';
+    v_found   bigint;
+begin
+    select s.version, s.last_hash into v_version, v_hash
+      from {schema}.streams s where s.stream_id = p_stream_id for update;
+    if not found then
+        if p_expected > 0 or p_expected = -2 then
+            raise exception 'stream % does not exist', p_stream_id
+                using errcode = 'LE001', detail = '0';
+        end if;
+        insert into {schema}.streams as s (stream_id, version, last_hash)
+            values (p_stream_id, 0, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea)
+            on conflict do nothing;
+        -- Another writer created the stream first: wait for it, then judge against its version.
+        select s.version, s.last_hash into v_version, v_hash
+          from {schema}.streams s where s.stream_id = p_stream_id for update;
+    end if;
+
+    select count(*) into v_found from {schema}.events e where e.event_id = any(p_event_ids);
+    if v_found > 0 then
+        if v_found <> v_count or exists (
+            select 1 from {schema}.events e
+             where e.event_id = any(p_event_ids) and e.stream_id <> p_stream_id) then
+            raise exception 'some of these event ids are already stored, in another append'
+                using errcode = 'LE003';
+        end if;
+        return query
+            select e.global_position, e.stream_version, e.recorded_at, e.tx_id, e.hash,
+                   e.prev_hash, true
+              from {schema}.events e where e.event_id = any(p_event_ids)
+             order by e.stream_version;
+        return;
+    end if;
+
+    if (p_expected = 0 and v_version > 0) or (p_expected > 0 and p_expected <> v_version)
+       or (p_expected = -2 and v_version = 0) then
+        raise exception 'stream % is at version %, expected %', p_stream_id, v_version, p_expected
+            using errcode = 'LE001', detail = v_version::text;
+    end if;
+
+    for i in 1 .. v_count loop
+        v_prevs[i] := v_hash;
+        v_hash := sha256(v_hash || int8send(v_version + i) || int8send(v_micros) || p_bodies[i]);
+        v_hashes[i] := v_hash;
+    end loop;
+
+    return query
+        insert into {schema}.events as e
+            (stream_id, stream_version, event_id, event_type, data, metadata, recorded_at, hash, prev_hash)
+        select p_stream_id, v_version + u.ord, u.event_id, u.event_type, u.data, u.metadata, v_now,
+               u.hash, u.prev_hash
+          from unnest(p_event_ids, p_types, p_data, p_metadata, v_hashes, v_prevs)
+               with ordinality as u(event_id, event_type, data, metadata, hash, prev_hash, ord)
+        returning e.global_position, e.stream_version, e.recorded_at, e.tx_id, e.hash, e.prev_hash, false;
+
+    update {schema}.streams s set version = v_version + v_count, last_hash = v_hash
+     where s.stream_id = p_stream_id;
+    perform pg_notify('{schema}_events', '');
+end
+$$;

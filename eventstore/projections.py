@@ -1,0 +1,223 @@
+"""Projections: read models folded from events, kept inline or by a subscription, rebuildable.
+
+A rebuild replays the store into a shadow table without stopping the API, then, in one short
+transaction that holds writers off, catches the shadow up and either swaps it in or compares
+it with the live table row by row (`verify`). See docs/decisions/projection-rebuild.md.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import orjson
+
+from eventstore import reads, subscriptions
+from eventstore._db import Connection
+from eventstore._translate import translated_errors
+from eventstore.events import START, Position, RecordedEvent
+from eventstore.store import EventStore
+
+REBUILD_BATCH_EVENTS: Final = 2_000
+
+Progress = Callable[[int], None]
+
+
+class Projection(ABC):
+    """A read model: one table in the store's schema, changed only by `apply`.
+
+    `create_sql` must leave index and constraint names to PostgreSQL, so that a shadow table
+    can be created beside the live one.
+    """
+
+    name: str
+    table: str
+    key_columns: tuple[str, ...]
+
+    @abstractmethod
+    def create_sql(self, table: str) -> str:
+        """DDL that creates the read model as `table` (schema-qualified)."""
+
+    @abstractmethod
+    async def apply(self, connection: Connection, table: str, event: RecordedEvent) -> None:
+        """Fold one event into `table`; ignore event types it does not follow."""
+
+    async def ensure_table(self, store: EventStore) -> None:
+        """Create the live table if it does not exist yet."""
+        table = f"{store.schema}.{self.table}"
+        with translated_errors():
+            async with store.pool.acquire() as connection, connection.transaction():
+                await subscriptions.lock(connection, store.schema, f"projection-ddl:{self.name}")
+                if await connection.fetchval("select to_regclass($1)", table) is None:
+                    await connection.execute(self.create_sql(table))
+
+
+def projection_subscription(
+    store: EventStore, projection: Projection, **options: Any
+) -> subscriptions.Subscription:
+    """An async projection: a subscription named after the projection that applies each event."""
+
+    async def handle(connection: Connection, events: Any) -> None:
+        table = f"{store.schema}.{projection.table}"
+        for event in events:
+            await projection.apply(connection, table, event)
+
+    return subscriptions.Subscription(store, projection.name, handle, **options)
+
+
+@dataclass(frozen=True, slots=True)
+class RowDifference:
+    """A row that differs between the live table and its rebuild (None: the row is missing)."""
+
+    key: dict[str, Any]
+    live: dict[str, Any] | None
+    rebuilt: dict[str, Any] | None
+
+
+@dataclass(slots=True)
+class RebuildReport:
+    """What a rebuild did: events replayed, whether it swapped, and every difference found."""
+
+    projection: str
+    events: int = 0
+    elapsed_s: float = 0.0
+    swapped: bool = False
+    differences: list[RowDifference] = field(default_factory=list)
+
+    @property
+    def events_per_s(self) -> float:
+        """Replay throughput."""
+        return self.events / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+async def rebuild(
+    store: EventStore,
+    projection: Projection,
+    *,
+    verify: bool = False,
+    progress: Progress | None = None,
+) -> RebuildReport:
+    """Replay every event into a shadow table, then swap it in or, with `verify`, compare it."""
+    started = time.perf_counter()
+    report = RebuildReport(projection.name)
+    live = f"{store.schema}.{projection.table}"
+    shadow = f"{store.schema}.{projection.table}__shadow"
+    is_inline = projection in store.inline_projections
+    with translated_errors():
+        async with store.pool.acquire() as connection:
+            await connection.execute(f"drop table if exists {shadow}")
+            await connection.execute(projection.create_sql(shadow))
+            bound = None if is_inline else await _checkpoint(connection, store, projection)
+            position = await _replay(
+                connection, store, projection, shadow, START, bound, report, progress
+            )
+            async with connection.transaction():
+                position = await _hold_writers_and_catch_up(
+                    connection, store, projection, shadow, position, verify, report
+                )
+                if verify:
+                    report.differences = await _differences(connection, projection, live, shadow)
+                    await connection.execute(f"drop table {shadow}")
+                else:
+                    await _swap(connection, store, projection, live, shadow, position, is_inline)
+                    report.swapped = True
+    report.elapsed_s = time.perf_counter() - started
+    return report
+
+
+async def _replay(
+    connection: Connection,
+    store: EventStore,
+    projection: Projection,
+    shadow: str,
+    after: Position,
+    up_to: Position | None,
+    report: RebuildReport,
+    progress: Progress | None,
+    *,
+    settled_only: bool = True,
+) -> Position:
+    while True:
+        events = await reads.fetch_in_commit_order(
+            connection, store.schema, after=after, limit=REBUILD_BATCH_EVENTS, up_to=up_to,
+            settled_only=settled_only, upcasters=store.upcasters,
+        )
+        if not events:
+            return after
+        async with connection.transaction():
+            for event in events:
+                await projection.apply(connection, shadow, event)
+        after = events[-1].position
+        report.events += len(events)
+        if progress is not None:
+            progress(len(events))
+
+
+async def _hold_writers_and_catch_up(
+    connection: Connection,
+    store: EventStore,
+    projection: Projection,
+    shadow: str,
+    position: Position,
+    verify: bool,
+    report: RebuildReport,
+) -> Position:
+    """Stop the live table from moving, then bring the shadow to exactly where the live is."""
+    if projection in store.inline_projections:
+        # Writers that already hold the table finish first; new ones wait for this transaction.
+        mode = "share" if verify else "access exclusive"
+        await connection.execute(f"lock table {store.schema}.{projection.table} in {mode} mode")
+        # Every committed event is now in the live table: read by visibility, not by xmin.
+        return await _replay(
+            connection, store, projection, shadow, position, None, report, None, settled_only=False
+        )
+    await subscriptions.lock(connection, store.schema, projection.name)
+    live_at = await _checkpoint(connection, store, projection)
+    return await _replay(connection, store, projection, shadow, position, live_at, report, None)
+
+
+async def _checkpoint(
+    connection: Connection, store: EventStore, projection: Projection
+) -> Position:
+    return await subscriptions.load_checkpoint(connection, store.schema, projection.name)
+
+
+async def _swap(
+    connection: Connection,
+    store: EventStore,
+    projection: Projection,
+    live: str,
+    shadow: str,
+    position: Position,
+    is_inline: bool,
+) -> None:
+    retired = f"{projection.table}__retired"
+    await connection.execute(f"alter table if exists {live} rename to {retired}")
+    await connection.execute(f"alter table {shadow} rename to {projection.table}")
+    await connection.execute(f"drop table if exists {store.schema}.{retired}")
+    if not is_inline:
+        await subscriptions.save_checkpoint(connection, store.schema, projection.name, position)
+
+
+async def _differences(
+    connection: Connection, projection: Projection, live: str, shadow: str
+) -> list[RowDifference]:
+    keys = ", ".join(projection.key_columns)
+    rows = await connection.fetch(
+        f"select to_jsonb(l) as live, to_jsonb(r) as rebuilt from {live} l"
+        f" full join {shadow} r using ({keys})"
+        " where to_jsonb(l) is distinct from to_jsonb(r)"
+        f" order by coalesce(to_jsonb(l), to_jsonb(r))"
+    )
+    differences = []
+    for row in rows:
+        live_row = orjson.loads(row["live"]) if row["live"] is not None else None
+        rebuilt_row = orjson.loads(row["rebuilt"]) if row["rebuilt"] is not None else None
+        either = live_row if live_row is not None else rebuilt_row
+        assert either is not None, "a full join row has at least one side"
+        key = {column: either[column] for column in projection.key_columns}
+        differences.append(RowDifference(key, live_row, rebuilt_row))
+    return differences

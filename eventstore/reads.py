@@ -1,0 +1,93 @@
+"""Reading events back: one stream by version, or everything in commit order.
+
+Commit order uses the rule of docs/decisions/read-all-order.md: a reader takes only rows whose
+transaction is older than every transaction still running, ordered by `(tx_id,
+global_position)`, so an event that commits late is never skipped.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import asyncpg
+import orjson
+
+from eventstore._db import Executor
+from eventstore.events import Direction, Position, RecordedEvent
+from eventstore.upcasting import Upcasters
+
+COLUMNS: Final = (
+    "global_position, stream_id, stream_version, event_id, event_type, data, metadata,"
+    " recorded_at, tx_id, hash, prev_hash"
+)
+
+
+
+def decode(row: asyncpg.Record, upcasters: Upcasters | None = None) -> RecordedEvent:
+    """Turn a row selected with COLUMNS into a RecordedEvent, upcast when upcasters are given."""
+    event = RecordedEvent(
+        row[0], row[1], row[2], row[3], row[4], orjson.loads(row[5]), orjson.loads(row[6]),
+        row[7], row[8], row[9], row[10],
+    )
+    return upcasters.upcast(event) if upcasters is not None else event
+
+
+async def fetch_stream(
+    executor: Executor,
+    schema: str,
+    stream_id: str,
+    *,
+    from_version: int,
+    direction: Direction,
+    limit: int,
+    upcasters: Upcasters | None,
+) -> list[RecordedEvent]:
+    """Events of one stream from `from_version` on, in the given direction."""
+    if direction is Direction.FORWARD:
+        condition, order = "stream_version >= $2", "asc"
+    else:
+        condition, order = "stream_version <= $2", "desc"
+    rows = await executor.fetch(
+        f"select {COLUMNS} from {schema}.events where stream_id = $1 and {condition}"
+        f" order by stream_version {order} limit $3",
+        stream_id,
+        from_version,
+        limit,
+    )
+    return [decode(row, upcasters) for row in rows]
+
+
+async def fetch_in_commit_order(
+    executor: Executor,
+    schema: str,
+    *,
+    after: Position,
+    limit: int,
+    category: str | None = None,
+    up_to: Position | None = None,
+    settled_only: bool = True,
+    upcasters: Upcasters | None = None,
+) -> list[RecordedEvent]:
+    """Events after `after` in `(tx_id, global_position)` order.
+
+    `settled_only` applies the xmin rule (the default, and the only safe choice for a reader
+    that keeps a checkpoint). `up_to` bounds the read, inclusive. `settled_only=False` returns
+    every committed row visible now: correct only while writers are locked out.
+    """
+    conditions = ["(tx_id, global_position) > ($1::xid8, $2::bigint)"]
+    arguments: list[object] = [after.tx_id, after.global_position, limit]
+    if settled_only:
+        conditions.append("tx_id < pg_snapshot_xmin(pg_current_snapshot())")
+    if category is not None:
+        arguments.append(category)
+        conditions.append(f"category = ${len(arguments)}")
+    if up_to is not None:
+        arguments.extend(up_to)
+        count = len(arguments)
+        conditions.append(f"(tx_id, global_position) <= (${count - 1}::xid8, ${count}::bigint)")
+    rows = await executor.fetch(
+        f"select {COLUMNS} from {schema}.events where {' and '.join(conditions)}"
+        " order by tx_id, global_position limit $3",
+        *arguments,
+    )
+    return [decode(row, upcasters) for row in rows]

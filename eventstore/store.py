@@ -1,0 +1,262 @@
+"""The event store: append with optimistic concurrency, units of work, reads."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, Final
+
+import asyncpg
+
+from eventstore import reads
+from eventstore._db import Connection
+from eventstore._translate import translated_errors
+from eventstore.errors import InvalidEvent, StreamNotFound
+from eventstore.events import (
+    ANY,
+    START,
+    STREAM_EXISTS,
+    AppendResult,
+    Direction,
+    NewEvent,
+    Position,
+    RecordedEvent,
+)
+from eventstore.hashing import canonical_json, event_body
+from eventstore.migrations import check_schema_name, migrate
+from eventstore.snapshots import Snapshot, load_snapshot, save_snapshot
+from eventstore.upcasting import Upcasters
+
+if TYPE_CHECKING:
+    from eventstore.projections import Projection
+
+MAX_BATCH_EVENTS: Final = 10_000
+"""The most events one append may carry."""
+MAX_READ_EVENTS: Final = 10_000
+"""The most events one read may return."""
+
+_STREAM_ID: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,199}$")
+_EVENT_TYPE: Final = re.compile(r"^[A-Za-z][A-Za-z0-9_.]{0,199}$")
+
+
+class EventStore:
+    """One service's event log in its own PostgreSQL schema.
+
+    Inline projections run inside every append's transaction, so what they write is exactly
+    as current as the events.
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        schema: str,
+        *,
+        upcasters: Upcasters | None = None,
+        inline_projections: Sequence[Projection] = (),
+    ) -> None:
+        self.pool = pool
+        self.schema = check_schema_name(schema)
+        self.upcasters = upcasters or Upcasters()
+        self.inline_projections = tuple(inline_projections)
+
+    @classmethod
+    async def open(
+        cls,
+        dsn: str,
+        schema: str,
+        *,
+        pool_size: int = 10,
+        upcasters: Upcasters | None = None,
+        inline_projections: Sequence[Projection] = (),
+    ) -> EventStore:
+        """Connect a pool to `dsn`, migrate `schema`, and return the store that owns the pool."""
+        with translated_errors():
+            pool = await asyncpg.create_pool(dsn, min_size=1, max_size=pool_size)
+        store = cls(pool, schema, upcasters=upcasters, inline_projections=inline_projections)
+        await store.migrate()
+        for projection in store.inline_projections:
+            await projection.ensure_table(store)
+        return store
+
+    async def close(self) -> None:
+        """Close the pool (wait for connections in use to be released)."""
+        await self.pool.close()
+
+    async def migrate(self) -> None:
+        """Bring the schema up to date; safe to call from many processes at once."""
+        with translated_errors():
+            async with self.pool.acquire() as connection:
+                await migrate(connection, self.schema)
+
+    async def append(
+        self, stream_id: str, events: Sequence[NewEvent], expected_version: int = ANY
+    ) -> AppendResult:
+        """Append `events` to `stream_id` if it is at `expected_version`.
+
+        Raises ConcurrencyError on a version mismatch, DuplicateEventError when only some of
+        the event ids are stored already, InvalidEvent on malformed input. Appending the same
+        event ids again returns the first result with `is_duplicate=True`.
+        """
+        if self.inline_projections:
+            async with self.unit_of_work() as unit:
+                return await unit.append(stream_id, events, expected_version)
+        async with self.pool.acquire() as connection:
+            return await _append_on(connection, self.schema, stream_id, events, expected_version)
+
+    @asynccontextmanager
+    async def unit_of_work(self) -> AsyncIterator[UnitOfWork]:
+        """A transaction in which several streams are appended atomically, or none is."""
+        with translated_errors():
+            async with self.pool.acquire() as connection, connection.transaction():
+                yield UnitOfWork(self, connection)
+
+    async def read_stream(
+        self,
+        stream_id: str,
+        *,
+        from_version: int | None = None,
+        direction: Direction = Direction.FORWARD,
+        limit: int = MAX_READ_EVENTS,
+    ) -> list[RecordedEvent]:
+        """Events of one stream; raises StreamNotFound when it has none.
+
+        Forward starts at `from_version` (default 1); backward at `from_version` (default the
+        last event) and walks down.
+        """
+        _check_limit(limit)
+        if from_version is None:
+            from_version = 1 if direction is Direction.FORWARD else 2**62
+        with translated_errors(stream_id):
+            events = await reads.fetch_stream(
+                self.pool, self.schema, stream_id, from_version=from_version,
+                direction=direction, limit=limit, upcasters=self.upcasters,
+            )
+            if not events and await self.stream_version(stream_id) == 0:
+                raise StreamNotFound(stream_id)
+        return events
+
+    async def stream_version(self, stream_id: str) -> int:
+        """The stream's current version; 0 when it does not exist."""
+        with translated_errors(stream_id):
+            version = await self.pool.fetchval(
+                f"select version from {self.schema}.streams where stream_id = $1", stream_id
+            )
+        return int(version or 0)
+
+    async def read_all(
+        self, after: Position = START, *, limit: int = MAX_READ_EVENTS
+    ) -> list[RecordedEvent]:
+        """Settled events after `after` in commit order; keep the last one's position."""
+        return await self.read_category(None, after, limit=limit)
+
+    async def read_category(
+        self, category: str | None, after: Position = START, *, limit: int = MAX_READ_EVENTS
+    ) -> list[RecordedEvent]:
+        """Like read_all, restricted to streams named `<category>-...` (all when None)."""
+        _check_limit(limit)
+        with translated_errors():
+            return await reads.fetch_in_commit_order(
+                self.pool, self.schema, after=after, limit=limit, category=category,
+                upcasters=self.upcasters,
+            )
+
+    async def save_snapshot(
+        self, stream_id: str, stream_version: int, state: dict[str, Any], schema_version: int = 1
+    ) -> None:
+        """Keep `state` (folded up to `stream_version`) unless a newer snapshot is stored."""
+        with translated_errors(stream_id):
+            await save_snapshot(
+                self.pool, self.schema, stream_id, stream_version, state, schema_version
+            )
+
+    async def load_snapshot(self, stream_id: str, schema_version: int = 1) -> Snapshot | None:
+        """The stream's latest snapshot of `schema_version`, or None."""
+        with translated_errors(stream_id):
+            return await load_snapshot(self.pool, self.schema, stream_id, schema_version)
+
+
+class UnitOfWork:
+    """An open transaction of the store; `connection` lets a caller write its own rows in it."""
+
+    def __init__(self, store: EventStore, connection: Connection) -> None:
+        self.store = store
+        self.connection = connection
+
+    async def append(
+        self, stream_id: str, events: Sequence[NewEvent], expected_version: int = ANY
+    ) -> AppendResult:
+        """Append within this transaction; same contract as EventStore.append."""
+        result = await _append_on(
+            self.connection, self.store.schema, stream_id, events, expected_version
+        )
+        if not result.is_duplicate:
+            for projection in self.store.inline_projections:
+                for event in result.events:
+                    recorded = self.store.upcasters.upcast(event)
+                    await projection.apply(self.connection, projection.table, recorded)
+        return result
+
+
+async def _append_on(
+    connection: Connection,
+    schema: str,
+    stream_id: str,
+    events: Sequence[NewEvent],
+    expected_version: int,
+) -> AppendResult:
+    _check_append(stream_id, events, expected_version)
+    ids, types, data, metadata, bodies = [], [], [], [], []
+    for event in events:
+        event_data = canonical_json(event.data)
+        event_metadata = canonical_json(event.metadata)
+        ids.append(event.event_id)
+        types.append(event.event_type)
+        data.append(event_data.decode())
+        metadata.append(event_metadata.decode())
+        bodies.append(
+            event_body(stream_id, event.event_id, event.event_type, event_data, event_metadata)
+        )
+    with translated_errors(stream_id, expected_version):
+        rows = await connection.fetch(
+            f"select * from {schema}.append_events($1, $2, $3, $4, $5::jsonb[], $6::jsonb[], $7)",
+            stream_id, expected_version, ids, types, data, metadata, bodies,
+        )
+    rows = sorted(rows, key=lambda row: row["stream_version"])
+    is_duplicate = rows[0]["is_duplicate"]
+    if is_duplicate:
+        recorded = await reads.fetch_stream(
+            connection, schema, stream_id, from_version=rows[0]["stream_version"],
+            direction=Direction.FORWARD, limit=len(rows), upcasters=None,
+        )
+        return AppendResult(stream_id, tuple(recorded), is_duplicate=True)
+    recorded = [
+        RecordedEvent(
+            row["global_position"], stream_id, row["stream_version"], event.event_id,
+            event.event_type, dict(event.data), dict(event.metadata), row["recorded_at"],
+            row["tx_id"], row["hash"], row["prev_hash"],
+        )
+        for row, event in zip(rows, events, strict=True)
+    ]
+    return AppendResult(stream_id, tuple(recorded), is_duplicate=False)
+
+
+def _check_append(stream_id: str, events: Sequence[NewEvent], expected_version: int) -> None:
+    if not _STREAM_ID.match(stream_id):
+        raise InvalidEvent(f"stream id {stream_id!r} must match {_STREAM_ID.pattern}")
+    if not events:
+        raise InvalidEvent("an append needs at least one event")
+    if len(events) > MAX_BATCH_EVENTS:
+        raise InvalidEvent(f"an append carries at most {MAX_BATCH_EVENTS} events")
+    if expected_version < STREAM_EXISTS:
+        raise InvalidEvent(f"expected version {expected_version} is not a version or a sentinel")
+    for event in events:
+        if not _EVENT_TYPE.match(event.event_type):
+            raise InvalidEvent(f"event type {event.event_type!r} must match {_EVENT_TYPE.pattern}")
+    if len({event.event_id for event in events}) != len(events):
+        raise InvalidEvent("an append carries the same event id twice")
+
+
+def _check_limit(limit: int) -> None:
+    if not 1 <= limit <= MAX_READ_EVENTS:
+        raise ValueError(f"limit must be between 1 and {MAX_READ_EVENTS}")

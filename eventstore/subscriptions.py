@@ -1,0 +1,156 @@
+"""Catch-up subscriptions: a named checkpoint in PostgreSQL, woken by NOTIFY or by polling.
+
+Each batch is read, handed to the handler and checkpointed in one transaction, so a handler
+that writes to the same database sees every event exactly once, in commit order. An advisory
+lock per subscription lets many instances run one subscription: one advances it at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Final
+
+import asyncpg
+
+from eventstore import reads
+from eventstore._db import Connection, Executor
+from eventstore._translate import translated_errors
+from eventstore.errors import StoreUnavailable
+from eventstore.events import START, Position, RecordedEvent
+from eventstore.store import EventStore
+
+Handler = Callable[[Connection, Sequence[RecordedEvent]], Awaitable[None]]
+
+_log = logging.getLogger(__name__)
+_MAX_BACKOFF_S: Final = 5.0
+
+
+async def load_checkpoint(executor: Executor, schema: str, name: str) -> Position:
+    """Where the subscription `name` stands; START when it never ran."""
+    row = await executor.fetchrow(
+        f"select tx_id, global_position from {schema}.checkpoints where name = $1", name
+    )
+    return START if row is None else Position(row[0], row[1])
+
+
+async def save_checkpoint(
+    executor: Executor, schema: str, name: str, position: Position
+) -> None:
+    """Record that the subscription `name` has handled everything up to `position`."""
+    await executor.execute(
+        f"insert into {schema}.checkpoints (name, tx_id, global_position) values ($1, $2, $3)"
+        " on conflict (name) do update set tx_id = excluded.tx_id,"
+        " global_position = excluded.global_position, updated_at = now()",
+        name,
+        *position,
+    )
+
+
+async def try_lock(connection: Connection, schema: str, name: str) -> bool:
+    """Take the subscription's lock for the current transaction, if no one holds it."""
+    return bool(
+        await connection.fetchval(
+            "select pg_try_advisory_xact_lock(hashtext($1), hashtext($2))", schema, name
+        )
+    )
+
+
+async def lock(connection: Connection, schema: str, name: str) -> None:
+    """Wait for the subscription's lock, held until the current transaction ends."""
+    await connection.execute(
+        "select pg_advisory_xact_lock(hashtext($1), hashtext($2))", schema, name
+    )
+
+
+class Subscription:
+    """Deliver a store's events, in commit order, to `handler`, from a named checkpoint."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        name: str,
+        handler: Handler,
+        *,
+        category: str | None = None,
+        batch_size: int = 500,
+        poll_interval_s: float = 1.0,
+    ) -> None:
+        assert 1 <= batch_size <= 10_000, "batch_size out of bounds"
+        assert poll_interval_s > 0, "poll_interval_s must be positive"
+        self.store = store
+        self.name = name
+        self.handler = handler
+        self.category = category
+        self.batch_size = batch_size
+        self.poll_interval_s = poll_interval_s
+        self._wake = asyncio.Event()
+
+    async def process_batch(self) -> int:
+        """Handle the next batch; return how many events it held (0 if none or not ours)."""
+        schema = self.store.schema
+        with translated_errors():
+            async with self.store.pool.acquire() as connection, connection.transaction():
+                if not await try_lock(connection, schema, self.name):
+                    return 0
+                after = await load_checkpoint(connection, schema, self.name)
+                events = await reads.fetch_in_commit_order(
+                    connection, schema, after=after, limit=self.batch_size,
+                    category=self.category, upcasters=self.store.upcasters,
+                )
+                if not events:
+                    return 0
+                await self.handler(connection, events)
+                await save_checkpoint(connection, schema, self.name, events[-1].position)
+                return len(events)
+
+    async def catch_up(self) -> int:
+        """Handle batches until none is left now; return how many events were handled."""
+        total = 0
+        while (count := await self.process_batch()) > 0:
+            total += count
+        return total
+
+    async def run(self) -> None:
+        """Follow the store until cancelled; survives lost connections by retrying."""
+        async with self._listening():
+            backoff_s = self.poll_interval_s
+            while True:
+                try:
+                    count = await self.process_batch()
+                    backoff_s = self.poll_interval_s
+                except StoreUnavailable as error:
+                    _log.warning("subscription %s: %s; retry in %.1fs", self.name, error, backoff_s)
+                    await asyncio.sleep(backoff_s)
+                    backoff_s = min(backoff_s * 2, _MAX_BACKOFF_S)
+                    continue
+                if count < self.batch_size:
+                    await self._wait()
+
+    async def _wait(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval_s)
+        self._wake.clear()
+
+    @contextlib.asynccontextmanager
+    async def _listening(self) -> AsyncIterator[None]:
+        """Wake the loop on every append's NOTIFY; without a connection, polling alone."""
+        channel = f"{self.store.schema}_events"
+        try:
+            connection = await self.store.pool.acquire()
+            await connection.add_listener(channel, self._on_notify)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            _log.warning("subscription %s polls only: %s", self.name, error)
+            yield
+            return
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                await connection.remove_listener(channel, self._on_notify)
+            await self.store.pool.release(connection)
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()

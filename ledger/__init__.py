@@ -1,0 +1,1 @@
+"""What every service shares and nothing domain-specific: settings, embedded servers, the CLI."""
