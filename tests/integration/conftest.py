@@ -1,0 +1,34 @@
+"""Event store fixtures: one pool for the session, a fresh schema for every test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from eventstore import EventStore
+
+
+@pytest.fixture(scope="session")
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """A connection pool to the session's PostgreSQL."""
+    async with asyncpg.create_pool(database_url, min_size=1, max_size=40) as created:
+        yield created
+
+
+@pytest.fixture
+async def schema(pool: asyncpg.Pool) -> AsyncIterator[str]:
+    """A schema name no other test uses, dropped afterwards."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    yield name
+    await pool.execute(f"drop schema if exists {name} cascade")
+
+
+@pytest.fixture
+async def store(pool: asyncpg.Pool, schema: str) -> EventStore:
+    """A migrated event store in its own schema."""
+    created = EventStore(pool, schema)
+    await created.migrate()
+    return created
