@@ -106,6 +106,7 @@ def _check_json(value: Any, depth: int) -> None:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise InvalidEvent(f"event data keys must be strings, not {key!r}")
+            _check_json(key, depth + 1)
             _check_json(item, depth + 1)
     elif isinstance(value, list | tuple):
         for item in value:
