@@ -16,7 +16,7 @@ from eventstore import ANY, EventStore, NewEvent, RecordedEvent, verify_chains
 
 # jsonb stores no NUL character and the store refuses floats: everything else is fair game.
 json_text = st.text(
-    st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=12
+    st.characters(exclude_characters="\x00", exclude_categories=["Cs"]), max_size=12
 )
 json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), json_text)
 json_values = st.recursive(
