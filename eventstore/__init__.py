@@ -42,6 +42,7 @@ from eventstore.projections import (
 from eventstore.snapshots import Snapshot
 from eventstore.store import EventStore, UnitOfWork
 from eventstore.subscriptions import Handler, Subscription
+from eventstore.tracking import mark_handled, record_reply, recorded_reply
 from eventstore.upcasting import Upcasters
 
 __all__ = [
@@ -73,7 +74,10 @@ __all__ = [
     "Subscription",
     "UnitOfWork",
     "Upcasters",
+    "mark_handled",
     "projection_subscription",
     "rebuild",
+    "record_reply",
+    "recorded_reply",
     "verify_chains",
 ]

@@ -1,0 +1,50 @@
+"""Tracking rows: "this message was handled", "this command was answered so".
+
+Each is written by the caller in the same transaction as the effect it tracks (STYLE 14):
+if the effect commits, so does the mark, and a redelivery finds the mark and does nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import orjson
+
+from eventstore._db import Executor
+from eventstore.hashing import canonical_json
+
+
+async def mark_handled(executor: Executor, schema: str, consumer: str, message_id: str) -> bool:
+    """Record that `consumer` handled `message_id`; False when it already had."""
+    inserted = await executor.fetchval(
+        f"insert into {schema}.inbox (consumer, message_id) values ($1, $2)"
+        " on conflict do nothing returning true",
+        consumer,
+        message_id,
+    )
+    return bool(inserted)
+
+
+async def recorded_reply(
+    executor: Executor, schema: str, command_id: uuid.UUID
+) -> dict[str, Any] | None:
+    """The reply recorded for `command_id`, or None if the command never completed."""
+    reply = await executor.fetchval(
+        f"select reply from {schema}.command_replies where command_id = $1", command_id
+    )
+    return None if reply is None else dict(orjson.loads(reply))
+
+
+async def record_reply(
+    executor: Executor, schema: str, command_id: uuid.UUID, endpoint: str, reply: dict[str, Any]
+) -> bool:
+    """Record the reply to `command_id`; False when one was recorded already (keep that one)."""
+    inserted = await executor.fetchval(
+        f"insert into {schema}.command_replies (command_id, endpoint, reply)"
+        " values ($1, $2, $3::jsonb) on conflict do nothing returning true",
+        command_id,
+        endpoint,
+        canonical_json(reply).decode(),
+    )
+    return bool(inserted)

@@ -1,0 +1,66 @@
+"""Settings from `LEDGER_...` environment variables: every bound and address in one place."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, PositiveFloat, PositiveInt
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ServiceName = Literal["account", "risk", "trade", "saga"]
+SERVICES: tuple[ServiceName, ...] = ("account", "risk", "trade", "saga")
+
+
+class Settings(BaseSettings):
+    """The ledger's configuration. Unset servers mean embedded ones under `data_dir`."""
+
+    model_config = SettingsConfigDict(env_prefix="LEDGER_", extra="ignore", frozen=True)
+
+    environment: Literal["development", "production"] = "development"
+
+    database_url: str | None = None
+    account_database_url: str | None = None
+    risk_database_url: str | None = None
+    trade_database_url: str | None = None
+    saga_database_url: str | None = None
+    db_pool_size: PositiveInt = 10
+
+    nats_url: str | None = Field(
+        default=None, description="One or more seed servers, comma-separated."
+    )
+    events_stream: str = "LEDGER_EVENTS"
+    events_stream_replicas: PositiveInt = 1
+
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8000, ge=0, le=65535)
+    data_dir: Path = Path(".ledger")
+
+    relay_batch_events: PositiveInt = 500
+    relay_ack_timeout_s: PositiveFloat = 5.0
+    relay_duplicate_window_s: PositiveFloat = 120.0
+    subscription_poll_interval_s: PositiveFloat = 1.0
+
+    consumer_fetch_batch: PositiveInt = 100
+    consumer_ack_wait_s: PositiveFloat = 30.0
+    consumer_max_deliver: PositiveInt = 5
+    consumer_backoff_s: tuple[PositiveFloat, ...] = (0.5, 2.0, 10.0)
+
+    command_timeout_s: PositiveFloat = 2.0
+    command_max_retries: int = Field(default=3, ge=0, le=100)
+
+    shutdown_grace_s: PositiveFloat = 10.0
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = True
+
+    def database_url_for(self, service: ServiceName) -> str | None:
+        """The service's own database URL, else the shared one (None: run an embedded one)."""
+        own: str | None = getattr(self, f"{service}_database_url")
+        return own or self.database_url
+
+    @property
+    def nats_servers(self) -> list[str]:
+        """The NATS seed servers (empty: run an embedded one)."""
+        if not self.nats_url:
+            return []
+        return [server.strip() for server in self.nats_url.split(",") if server.strip()]
