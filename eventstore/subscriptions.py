@@ -77,6 +77,7 @@ class Subscription:
         category: str | None = None,
         batch_size: int = 500,
         poll_interval_s: float = 1.0,
+        transient_errors: tuple[type[Exception], ...] = (),
     ) -> None:
         assert 1 <= batch_size <= 10_000, "batch_size out of bounds"
         assert poll_interval_s > 0, "poll_interval_s must be positive"
@@ -86,6 +87,8 @@ class Subscription:
         self.category = category
         self.batch_size = batch_size
         self.poll_interval_s = poll_interval_s
+        # Errors after which `run` waits and tries the batch again; StoreUnavailable always is.
+        self.transient_errors: tuple[type[Exception], ...] = (StoreUnavailable, *transient_errors)
         self._wake = asyncio.Event()
 
     async def process_batch(self) -> int:
@@ -121,7 +124,7 @@ class Subscription:
                 try:
                     count = await self.process_batch()
                     backoff_s = self.poll_interval_s
-                except StoreUnavailable as error:
+                except self.transient_errors as error:
                     _log.warning("subscription %s: %s; retry in %.1fs", self.name, error, backoff_s)
                     await asyncio.sleep(backoff_s)
                     backoff_s = min(backoff_s * 2, _MAX_BACKOFF_S)
