@@ -8,18 +8,16 @@ lock per subscription lets many instances run one subscription: one advances it 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
-
-import asyncpg
 
 from eventstore import reads
 from eventstore._db import Connection, Executor
 from eventstore._translate import translated_errors
 from eventstore.errors import StoreUnavailable
 from eventstore.events import START, Position, RecordedEvent
+from eventstore.notifier import Notifier
 from eventstore.store import EventStore
 
 Handler = Callable[[Connection, Sequence[RecordedEvent]], Awaitable[None]]
@@ -89,7 +87,6 @@ class Subscription:
         self.poll_interval_s = poll_interval_s
         # Errors after which `run` waits and tries the batch again; StoreUnavailable always is.
         self.transient_errors: tuple[type[Exception], ...] = (StoreUnavailable, *transient_errors)
-        self._wake = asyncio.Event()
 
     async def process_batch(self) -> int:
         """Handle the next batch; return how many events it held (0 if none or not ours)."""
@@ -117,10 +114,11 @@ class Subscription:
         return total
 
     async def run(self) -> None:
-        """Follow the store until cancelled; survives lost connections by retrying."""
-        async with self._listening():
+        """Follow the store until cancelled; waits out transient errors and retries."""
+        async with Notifier(self.store) as notifier:
             backoff_s = self.poll_interval_s
             while True:
+                seen = notifier.generation
                 try:
                     count = await self.process_batch()
                     backoff_s = self.poll_interval_s
@@ -130,30 +128,4 @@ class Subscription:
                     backoff_s = min(backoff_s * 2, _MAX_BACKOFF_S)
                     continue
                 if count < self.batch_size:
-                    await self._wait()
-
-    async def _wait(self) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval_s)
-        self._wake.clear()
-
-    @contextlib.asynccontextmanager
-    async def _listening(self) -> AsyncIterator[None]:
-        """Wake the loop on every append's NOTIFY; without a connection, polling alone."""
-        channel = f"{self.store.schema}_events"
-        try:
-            connection = await self.store.pool.acquire()
-            await connection.add_listener(channel, self._on_notify)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-            _log.warning("subscription %s polls only: %s", self.name, error)
-            yield
-            return
-        try:
-            yield
-        finally:
-            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                await connection.remove_listener(channel, self._on_notify)
-            await self.store.pool.release(connection)
-
-    def _on_notify(self, *_: object) -> None:
-        self._wake.set()
+                    await notifier.wait_past(seen, self.poll_interval_s)

@@ -1,0 +1,74 @@
+"""Wake-ups on append: one LISTEN connection per store, shared by any number of waiters.
+
+Every append sends NOTIFY `<schema>_events` at commit. A waiter remembers the generation it
+last saw and waits for a newer one or a timeout; polling after the timeout is the fallback
+when the LISTEN connection is lost, so a missed notification costs latency, never an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from types import TracebackType
+from typing import Any, Final
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from eventstore.store import EventStore
+
+_log = logging.getLogger(__name__)
+_CONNECTION_ERRORS: Final = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+class Notifier:
+    """Tells waiters that something was appended to a store since they last looked."""
+
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
+        self.channel = f"{store.schema}_events"
+        self.generation = 0
+        self._changed = asyncio.Event()
+        self._connection: PoolConnectionProxy[Any] | None = None
+
+    async def __aenter__(self) -> Notifier:
+        try:
+            connection = await self.store.pool.acquire()
+        except _CONNECTION_ERRORS as error:
+            _log.warning("%s: no LISTEN connection, polling only: %s", self.channel, error)
+            return self
+        try:
+            await connection.add_listener(self.channel, self._on_notify)
+        except _CONNECTION_ERRORS as error:
+            _log.warning("%s: LISTEN failed, polling only: %s", self.channel, error)
+            await self.store.pool.release(connection)
+            return self
+        self._connection = connection
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        with contextlib.suppress(*_CONNECTION_ERRORS):
+            await connection.remove_listener(self.channel, self._on_notify)
+        await self.store.pool.release(connection)
+
+    async def wait_past(self, generation: int, timeout_s: float) -> None:
+        """Return when an append newer than `generation` is known, or after `timeout_s`."""
+        if self.generation > generation:
+            return
+        changed = self._changed
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), timeout=timeout_s)
+
+    def _on_notify(self, *_: object) -> None:
+        self.generation += 1
+        self._changed.set()
+        self._changed = asyncio.Event()
