@@ -104,6 +104,11 @@ def current() -> RequestContext:
     return _current.get() or new_context()
 
 
+def bound_context() -> RequestContext | None:
+    """The context bound by the caller, if any (logs use it; they invent none)."""
+    return _current.get()
+
+
 @contextmanager
 def bound(context: RequestContext) -> Iterator[RequestContext]:
     """Make `context` current for the block (logs and outgoing messages pick it up)."""

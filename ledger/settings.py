@@ -25,6 +25,10 @@ class Settings(BaseSettings):
     trade_database_url: str | None = None
     saga_database_url: str | None = None
     db_pool_size: PositiveInt = 10
+    schema_prefix: str = Field(
+        default="", pattern=r"^[a-z_][a-z0-9_]{0,30}$|^$",
+        description="Prefixed to each service's schema name (tests, several ledgers per server).",
+    )
 
     nats_url: str | None = Field(
         default=None, description="One or more seed servers, comma-separated."
@@ -53,10 +57,14 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = True
 
-    def database_url_for(self, service: ServiceName) -> str | None:
+    def database_url_for(self, service: str) -> str | None:
         """The service's own database URL, else the shared one (None: run an embedded one)."""
-        own: str | None = getattr(self, f"{service}_database_url")
+        own: str | None = getattr(self, f"{service}_database_url", None)
         return own or self.database_url
+
+    def schema_for(self, service: str) -> str:
+        """The PostgreSQL schema that holds the service's streams and read models."""
+        return f"{self.schema_prefix}{service}"
 
     @property
     def nats_servers(self) -> list[str]:

@@ -1,0 +1,157 @@
+"""The service host: readiness follows its servers, errors are problem+json, context and
+events travel from HTTP to the store to NATS, and a stream can be followed live over SSE."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import orjson
+import pytest
+import uvicorn
+
+from ledger.embedded import EmbeddedNats, free_port
+from ledger.host import ServiceHost, running
+from ledger.http import create_app
+from ledger.settings import Settings
+from tests.integration.notes_service import NotesService
+
+
+def settings_for(database_url: str, nats_url: str) -> Settings:
+    prefix = f"t{uuid.uuid4().hex[:8]}_"
+    return Settings(
+        database_url=database_url, nats_url=nats_url, schema_prefix=prefix,
+        subscription_poll_interval_s=0.05,
+    )  # fmt: skip
+
+
+@pytest.fixture
+async def host(database_url: str, nats_url: str, pool: asyncpg.Pool) -> AsyncIterator[ServiceHost]:
+    settings = settings_for(database_url, nats_url)
+    async with running(ServiceHost(settings, [NotesService()])) as started:
+        yield started
+    await pool.execute(f"drop schema {settings.schema_for('notes')} cascade")
+
+
+def client_of(host: ServiceHost) -> httpx.AsyncClient:
+    app = create_app(host, manage_host=False)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ledger")
+
+
+async def eventually_status(client: httpx.AsyncClient, path: str, status: int) -> httpx.Response:
+    for _ in range(300):
+        response = await client.get(path)
+        if response.status_code == status:
+            return response
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{path} never answered {status}")
+
+
+async def test_ready_is_503_while_nats_is_down_and_200_after(
+    database_url: str, tmp_path: Path
+) -> None:
+    nats_server = EmbeddedNats(tmp_path)
+    nats_url = nats_server.start()
+    try:
+        host = ServiceHost(settings_for(database_url, nats_url), [])
+        async with running(host), client_of(host) as client:
+            assert (await client.get("/health/ready")).status_code == 200
+
+            nats_server.stop()
+            down = await eventually_status(client, "/health/ready", 503)
+            nats_server.start()
+            up = await eventually_status(client, "/health/ready", 200)
+            live = await client.get("/health/live")
+    finally:
+        nats_server.stop()
+
+    assert down.headers["content-type"] == "application/problem+json"
+    assert down.json()["checks"]["nats"] is False
+    assert up.json()["checks"] == {"nats": True}
+    assert live.status_code == 200
+
+
+async def test_errors_are_problem_json(host: ServiceHost) -> None:
+    async with client_of(host) as client:
+        missing = await client.get("/v1/streams/note-404/events")
+        invalid = await client.post("/v1/notes/1", json={"text": "x", "extra": 1})
+        unrouted = await client.get("/v1/nowhere")
+
+    assert missing.status_code == 404
+    assert missing.headers["content-type"] == "application/problem+json"
+    assert missing.json()["code"] == "not_found"
+    assert invalid.status_code == 422
+    assert invalid.json()["errors"][0]["location"] == ["body", "extra"]
+    assert unrouted.status_code == 404
+    assert unrouted.json()["status"] == 404
+
+
+async def test_context_travels_from_http_to_event_to_nats(host: ServiceHost) -> None:
+    runtime = host.runtimes["notes"]
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    headers = {"X-Correlation-Id": "corr-42", "traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}
+    subscription = await runtime.js.subscribe(
+        "ledger.notes.note.NoteWritten", stream=host.settings.events_stream, ordered_consumer=True
+    )
+    note_id = uuid.uuid4().hex[:8]
+
+    async with client_of(host) as client:
+        response = await client.post(f"/v1/notes/{note_id}", json={"text": "hi"}, headers=headers)
+        metrics = (await client.get("/metrics")).text
+
+    [event] = await runtime.store.read_stream(f"note-{note_id}")
+    while True:
+        message = await asyncio.wait_for(subscription.next_msg(timeout=10), 10)
+        if orjson.loads(message.data)["stream_id"] == f"note-{note_id}":
+            break
+    await subscription.unsubscribe()
+    assert response.status_code == 201
+    assert response.headers["X-Correlation-Id"] == "corr-42"
+    assert event.metadata["correlation_id"] == "corr-42"
+    assert event.metadata["traceparent"].split("-")[1] == trace_id
+    assert message.headers is not None
+    assert message.headers["X-Correlation-Id"] == "corr-42"
+    assert message.headers["Nats-Msg-Id"] == str(event.event_id)
+    assert 'ledger_http_request_seconds_count{method="POST",route="/v1/notes/{note_id}"' in metrics
+
+
+async def test_a_client_follows_a_stream_live_over_sse(host: ServiceHost) -> None:
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(host, manage_host=False), port=port, lifespan="off",
+                       log_level="warning", ws="none")
+    )  # fmt: skip
+    serving = asyncio.create_task(server.serve())
+    note_id = uuid.uuid4().hex[:8]
+    try:
+        while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to wait on
+            await asyncio.sleep(0.01)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            await client.post(f"/v1/notes/{note_id}", json={"text": "before"})
+            received = await asyncio.wait_for(follow_while_writing(client, note_id), 20)
+    finally:
+        server.should_exit = True
+        await serving
+
+    assert [event["data"]["text"] for event in received] == ["before", "after-1", "after-2"]
+    assert [event["stream_version"] for event in received] == [1, 2, 3]
+
+
+async def follow_while_writing(client: httpx.AsyncClient, note_id: str) -> list[dict[str, object]]:
+    received: list[dict[str, object]] = []
+    async with client.stream("GET", f"/v1/streams/note-{note_id}/events") as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        async for line in response.aiter_lines():
+            if not line.startswith("data: "):
+                continue
+            received.append(orjson.loads(line.removeprefix("data: ")))
+            if len(received) == 1:
+                for text in ("after-1", "after-2"):
+                    await client.post(f"/v1/notes/{note_id}", json={"text": text})
+            if len(received) == 3:
+                return received
+    return received
