@@ -23,7 +23,7 @@ class NoteIn(BaseModel):
 
 class NotesService:
     name = "notes"
-    categories = ("note",)
+    categories: tuple[str, ...] = ("note",)
 
     def inline_projections(self) -> Sequence[Projection]:
         return ()

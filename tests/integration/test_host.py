@@ -7,6 +7,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -141,8 +142,8 @@ async def test_a_client_follows_a_stream_live_over_sse(host: ServiceHost) -> Non
     assert [event["stream_version"] for event in received] == [1, 2, 3]
 
 
-async def follow_while_writing(client: httpx.AsyncClient, note_id: str) -> list[dict[str, object]]:
-    received: list[dict[str, object]] = []
+async def follow_while_writing(client: httpx.AsyncClient, note_id: str) -> list[dict[str, Any]]:
+    received: list[dict[str, Any]] = []
     async with client.stream("GET", f"/v1/streams/note-{note_id}/events") as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         async for line in response.aiter_lines():
