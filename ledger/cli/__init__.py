@@ -1,13 +1,16 @@
 """The `ledger` command line."""
 
+from __future__ import annotations
+
 import typer
 
-app = typer.Typer(help="Run, repair and audit the ledger.", no_args_is_help=True)
+from ledger.cli import run
 
-
-@app.callback()
-def _root() -> None:
-    """Run, repair and audit the ledger."""
+app = typer.Typer(
+    help="Run, repair and audit the ledger.", no_args_is_help=True, pretty_exceptions_enable=False
+)
+app.command()(run.up)
+app.command()(run.serve)
 
 
 def main() -> None:

@@ -1,0 +1,13 @@
+"""The domain services this build of the ledger can run, by name."""
+
+from __future__ import annotations
+
+from ledger.host import Service
+
+
+def available_services() -> dict[str, Service]:
+    """Every domain service, keyed by the name `ledger serve` takes.
+
+    Domain services register here as they are built (account, risk, trade, saga).
+    """
+    return {}
