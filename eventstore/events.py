@@ -29,7 +29,7 @@ class Direction(Enum):
 class Position(NamedTuple):
     """A place in commit order: `read_all` and subscriptions resume after it.
 
-    Ordered as `(tx_id, global_position)`; see docs/decisions/read-all-order.md.
+    Ordered as `(tx_id, global_position)`; see docs/read-all-order.md.
     """
 
     tx_id: int

@@ -4,7 +4,7 @@ hash = sha256(prev_hash || version as int64 || recorded_at in µs since the epoc
 where body is the canonical JSON of {stream_id, event_id, event_type, data, metadata}: keys
 sorted, no spaces, UTF-8. The database computes the same in `append_events`. Floats are
 refused in event data: they do not survive a round trip through jsonb byte for byte, and money
-is integers anyway (docs/decisions/hash-chain.md).
+is integers anyway (docs/hash-chain.md).
 """
 
 from __future__ import annotations

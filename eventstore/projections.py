@@ -2,7 +2,7 @@
 
 A rebuild replays the store into a shadow table without stopping the API, then, in one short
 transaction that holds writers off, catches the shadow up and either swaps it in or compares
-it with the live table row by row (`verify`). See docs/decisions/projection-rebuild.md.
+it with the live table row by row (`verify`). See docs/projection-rebuild.md.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Reading events back: one stream by version, or everything in commit order.
 
-Commit order uses the rule of docs/decisions/read-all-order.md: a reader takes only rows whose
+Commit order uses the rule of docs/read-all-order.md: a reader takes only rows whose
 transaction is older than every transaction still running, ordered by `(tx_id,
 global_position)`, so an event that commits late is never skipped.
 """

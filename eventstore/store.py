@@ -192,9 +192,10 @@ class UnitOfWork:
         )
         if not result.is_duplicate:
             for projection in self.store.inline_projections:
+                table = f"{self.store.schema}.{projection.table}"
                 for event in result.events:
                     recorded = self.store.upcasters.upcast(event)
-                    await projection.apply(self.connection, projection.table, recorded)
+                    await projection.apply(self.connection, table, recorded)
         return result
 
 
