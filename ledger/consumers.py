@@ -1,0 +1,400 @@
+"""Durable JetStream consumers whose handler's effect and "seen" mark commit together.
+
+    consumer = DurableConsumer(nc, store, "risk-exposure", "ledger.account.>", handler,
+                               ConsumerOptions.from_settings(settings))
+    await consumer.run()   # until cancelled or stop()
+
+Each message is handled in one PostgreSQL transaction that first records it in the
+schema's inbox (STYLE 14) and then runs the handler; the message is acked only after the
+commit. A redelivered message finds its inbox row and is acked without running the
+handler again, so every message's effect is applied exactly once.
+
+Redelivery is decided here, not by the server (see docs on `ConsumerOptions`):
+
+- a handler failure is naked with the backoff delay of its delivery count; at
+  `max_deliver` deliveries the message is parked on `dead_letter_subject(durable)`;
+- a message that cannot be parsed is parked at once;
+- PostgreSQL being unavailable is nobody's fault: the message is naked and the loop backs
+  off; it never parks a message by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any, Final
+
+import asyncpg
+import nats.errors
+import orjson
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from eventstore import EventStore, StoreUnavailable, mark_handled
+from eventstore._db import Connection
+from ledger import context, metrics
+from ledger.bus import dead_letter_subject
+from ledger.settings import Settings
+
+_log = logging.getLogger(__name__)
+
+ERROR_HEADER: Final = "X-Error"
+ORIGINAL_SUBJECT_HEADER: Final = "X-Original-Subject"
+ORIGINAL_SEQUENCE_HEADER: Final = "X-Original-Stream-Sequence"
+DELIVERY_COUNT_HEADER: Final = "X-Delivery-Count"
+_MSG_ID_HEADER: Final = "Nats-Msg-Id"
+_MAX_ERROR_CHARS: Final = 500
+_MAX_RETRY_PAUSE_S: Final = 5.0
+_FIRST_RETRY_PAUSE_S: Final = 0.1
+
+# Failures of the store, not of the message: they never count towards parking a message.
+_STORE_DOWN: Final = (
+    StoreUnavailable,
+    ConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.TooManyConnectionsError,
+)
+# Failures of NATS while fetching or subscribing: the client reconnects by itself.
+_BUS_DOWN: Final = (nats.errors.Error, asyncio.TimeoutError, OSError)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumedEvent:
+    """One recorded event as it arrived from JetStream."""
+
+    event_id: str
+    stream_id: str
+    stream_version: int
+    event_type: str
+    data: dict[str, Any]
+    metadata: dict[str, Any]
+    recorded_at: datetime
+    global_position: int
+    subject: str
+    message_id: str
+    delivery_count: int
+
+
+ConsumerHandler = Callable[[Connection, ConsumedEvent], Awaitable[None]]
+"""Apply one event inside the given transaction; raise to have it retried."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerOptions:
+    """Bounds of one durable consumer.
+
+    `ack_wait_s` is the lease of a delivery: a message neither acked nor naked within it
+    (its process died) is delivered again; it also bounds one handler call. `backoff_s[n-1]`
+    is the pause before delivery n+1 after the n-th attempt failed (the last entry repeats).
+    The backoff is not given to the server: there it would replace `ack_wait_s` as the
+    lease (its first entry becomes the lease of every first delivery), so messages waiting
+    in a fetched batch would be redelivered while still queued. Nor is `max_deliver`: a
+    server that gives up on a message whose last attempt died with its process strands it
+    silently, while this consumer parks it on the dead-letter subject.
+    """
+
+    stream: str = "LEDGER_EVENTS"
+    fetch_batch: int = 100
+    fetch_wait_s: float = 1.0
+    ack_wait_s: float = 30.0
+    max_deliver: int = 5
+    backoff_s: tuple[float, ...] = (0.5, 2.0, 10.0)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.fetch_batch <= 10_000:
+            raise ValueError("fetch_batch must be between 1 and 10000")
+        if self.fetch_wait_s <= 0 or self.ack_wait_s <= 0:
+            raise ValueError("fetch_wait_s and ack_wait_s must be positive")
+        if self.max_deliver <= len(self.backoff_s):
+            raise ValueError("max_deliver must exceed the number of backoff steps")
+        if not self.backoff_s or min(self.backoff_s) <= 0:
+            raise ValueError("backoff_s needs at least one positive delay")
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> ConsumerOptions:
+        """The options named in the settings, with `overrides` applied."""
+        options = cls(
+            stream=settings.events_stream,
+            fetch_batch=settings.consumer_fetch_batch,
+            ack_wait_s=settings.consumer_ack_wait_s,
+            max_deliver=settings.consumer_max_deliver,
+            backoff_s=settings.consumer_backoff_s,
+        )
+        return replace(options, **overrides)
+
+    def retry_delay_s(self, delivery_count: int) -> float:
+        """How long to wait before redelivering a message whose `delivery_count`-th try failed."""
+        return self.backoff_s[min(max(delivery_count, 1), len(self.backoff_s)) - 1]
+
+
+class HandlerTimedOut(Exception):
+    """A handler ran longer than the consumer's ack wait."""
+
+    def __init__(self, limit_s: float) -> None:
+        super().__init__(f"the handler ran longer than {limit_s:.1f}s")
+
+
+class PoisonMessage(Exception):
+    """A message that is not a recorded event: it is parked without being handled."""
+
+
+def parse_event(msg: Msg) -> ConsumedEvent:
+    """The event a message carries; raises PoisonMessage when it carries none."""
+    try:
+        body = orjson.loads(msg.data)
+        event = ConsumedEvent(
+            event_id=_text(body["event_id"]),
+            stream_id=_text(body["stream_id"]),
+            stream_version=int(body["stream_version"]),
+            event_type=_text(body["event_type"]),
+            data=dict(body["data"]),
+            metadata=dict(body["metadata"]),
+            recorded_at=datetime.fromisoformat(body["recorded_at"]),
+            global_position=int(body["global_position"]),
+            subject=msg.subject,
+            message_id=_text(body["event_id"]),
+            delivery_count=msg.metadata.num_delivered,
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise PoisonMessage(f"not a recorded event: {error!r}") from error
+    header_id = (msg.headers or {}).get(_MSG_ID_HEADER)
+    if header_id is not None and header_id != event.event_id:
+        raise PoisonMessage(f"{_MSG_ID_HEADER} {header_id!r} is not event_id {event.event_id!r}")
+    return event
+
+
+class DurableConsumer:
+    """A durable pull consumer of `filter_subject` that applies each message once."""
+
+    def __init__(
+        self,
+        nc: Client,
+        store: EventStore,
+        durable_name: str,
+        filter_subject: str,
+        handler: ConsumerHandler,
+        options: ConsumerOptions | None = None,
+    ) -> None:
+        self.durable_name = durable_name
+        self.filter_subject = filter_subject
+        self.options = options or ConsumerOptions()
+        self._nc = nc
+        self._js: JetStreamContext = nc.jetstream()
+        self._store = store
+        self._handler = handler
+        self._subscription: JetStreamContext.PullSubscription | None = None
+        self._is_stopping = False
+
+    async def ensure(self) -> None:
+        """Create the durable consumer, or update it to these options; (re)subscribe to it."""
+        await self._js.add_consumer(self.options.stream, self._config())
+        await self._forget_subscription()
+        self._subscription = await self._js.pull_subscribe_bind(
+            durable=self.durable_name, stream=self.options.stream
+        )
+
+    async def run(self) -> None:
+        """Consume until stop() or cancellation; outages of NATS or PostgreSQL are waited out."""
+        pause_s = _FIRST_RETRY_PAUSE_S
+        while not self._is_stopping:
+            is_healthy = await self._step()
+            if is_healthy:
+                pause_s = _FIRST_RETRY_PAUSE_S
+                continue
+            await asyncio.sleep(pause_s)
+            pause_s = min(pause_s * 2, _MAX_RETRY_PAUSE_S)
+        await _quietly(self._nc.flush(timeout=1))
+
+    def stop(self) -> None:
+        """Ask run() to return after the message in hand; fetched but unhandled ones are naked."""
+        self._is_stopping = True
+
+    async def pending_count(self) -> int:
+        """Messages of the stream not yet delivered to this consumer; sets the lag gauge.
+
+        Raises nats.errors.Error when NATS does not answer.
+        """
+        info = await self._js.consumer_info(self.options.stream, self.durable_name)
+        pending = info.num_pending or 0
+        metrics.consumer_lag_messages.labels(self.durable_name).set(pending)
+        return pending
+
+    async def _step(self) -> bool:
+        """Fetch and handle one batch; False when NATS or PostgreSQL failed and run must pause."""
+        try:
+            if self._subscription is None:
+                await self.ensure()
+            assert self._subscription is not None
+            messages = await self._subscription.fetch(
+                self.options.fetch_batch, timeout=self.options.fetch_wait_s
+            )
+        except nats.errors.TimeoutError:
+            return True
+        except _BUS_DOWN as error:
+            _log.warning("consumer %s cannot fetch: %r", self.durable_name, error)
+            await self._forget_subscription()
+            return False
+        if messages:
+            pending = messages[-1].metadata.num_pending
+            metrics.consumer_lag_messages.labels(self.durable_name).set(pending)
+        return await self._handle_batch(messages)
+
+    async def _forget_subscription(self) -> None:
+        """Drop the subscription, so the next step re-creates the consumer and resubscribes."""
+        subscription, self._subscription = self._subscription, None
+        if subscription is not None:
+            await _quietly(subscription.unsubscribe())
+
+    async def _handle_batch(self, messages: list[Msg]) -> bool:
+        for index, msg in enumerate(messages):
+            if self._is_stopping:
+                await self._release(messages[index:])
+                return True
+            if not await self._process_to_the_end(msg):
+                await self._release(messages[index + 1 :])
+                return False
+        return True
+
+    async def _process_to_the_end(self, msg: Msg) -> bool:
+        """Process `msg` even if cancelled meanwhile, so it ends committed and acked, or not."""
+        task = asyncio.create_task(self._process(msg))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            await asyncio.wait({task})
+            raise
+
+    async def _process(self, msg: Msg) -> bool:
+        """Handle one message and settle it with the server; False when the store is down."""
+        delivery_count = msg.metadata.num_delivered
+        if delivery_count > 1:
+            metrics.consumer_redeliveries.labels(self.durable_name).inc()
+        try:
+            event = parse_event(msg)
+        except PoisonMessage as error:
+            await self._park(msg, error)
+            return True
+        with context.bound(_context_of(msg, event)):
+            return await self._apply(msg, event)
+
+    async def _apply(self, msg: Msg, event: ConsumedEvent) -> bool:
+        try:
+            is_new = await self._transact(event)
+        except _STORE_DOWN as error:
+            _log.warning("consumer %s: store unavailable: %r", self.durable_name, error)
+            await _quietly(msg.nak(self.options.retry_delay_s(event.delivery_count)))
+            return False
+        except Exception as error:  # the handler's failure, whatever it is, is retried or parked
+            await self._fail(msg, event, error)
+            return True
+        await _quietly(msg.ack())
+        outcome = "applied" if is_new else "duplicate"
+        metrics.consumer_handled_messages.labels(self.durable_name, outcome).inc()
+        return True
+
+    async def _transact(self, event: ConsumedEvent) -> bool:
+        """Mark and handle `event` in one transaction; False when it was handled already."""
+        async with self._store.pool.acquire() as connection, connection.transaction():
+            if not await mark_handled(
+                connection, self._store.schema, self.durable_name, event.message_id
+            ):
+                return False
+            try:
+                async with asyncio.timeout(self.options.ack_wait_s):
+                    await self._handler(connection, event)
+            except TimeoutError as error:
+                raise HandlerTimedOut(self.options.ack_wait_s) from error
+            return True
+
+    async def _fail(self, msg: Msg, event: ConsumedEvent, error: Exception) -> None:
+        if event.delivery_count >= self.options.max_deliver:
+            await self._park(msg, error)
+            return
+        delay_s = self.options.retry_delay_s(event.delivery_count)
+        _log.warning(
+            "consumer %s: %s %s failed (delivery %d), retry in %.1fs: %r", self.durable_name,
+            event.event_type, event.event_id, event.delivery_count, delay_s, error,
+        )  # fmt: skip
+        metrics.consumer_handled_messages.labels(self.durable_name, "failed").inc()
+        await _quietly(msg.nak(delay_s))
+
+    async def _park(self, msg: Msg, error: Exception) -> None:
+        """Copy `msg` to the dead-letter subject, then terminate it; nak it if that fails."""
+        _log.error("consumer %s parks message %s: %r", self.durable_name, msg.subject, error)
+        sequence = msg.metadata.sequence.stream
+        headers = dict(msg.headers or {})
+        headers.update({
+            ERROR_HEADER: _header_safe(repr(error)),
+            ORIGINAL_SUBJECT_HEADER: msg.subject,
+            ORIGINAL_SEQUENCE_HEADER: str(sequence),
+            DELIVERY_COUNT_HEADER: str(msg.metadata.num_delivered),
+            # Another consumer may park the same event: the id must be this consumer's.
+            _MSG_ID_HEADER: f"{self.durable_name}:{msg.metadata.stream}:{sequence}",
+        })  # fmt: skip
+        subject = dead_letter_subject(self.durable_name)
+        try:
+            await self._js.publish(subject, msg.data, headers=headers)
+        except _BUS_DOWN as publish_error:
+            _log.warning("consumer %s cannot park: %r", self.durable_name, publish_error)
+            await _quietly(msg.nak(self.options.retry_delay_s(msg.metadata.num_delivered)))
+            return
+        await _quietly(msg.term())
+        metrics.consumer_handled_messages.labels(self.durable_name, "dead_lettered").inc()
+
+    async def _release(self, messages: list[Msg]) -> None:
+        """Give back fetched messages not handled, so they are redelivered without ack_wait."""
+        for msg in messages:
+            await _quietly(msg.nak())
+
+    def _config(self) -> ConsumerConfig:
+        return ConsumerConfig(
+            name=self.durable_name,
+            durable_name=self.durable_name,
+            filter_subject=self.filter_subject,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.options.ack_wait_s,
+            max_deliver=-1,
+        )
+
+
+def _context_of(msg: Msg, event: ConsumedEvent) -> context.RequestContext:
+    """The request context of handling `event`: its correlation and trace, caused by it."""
+    return replace(context.from_headers(msg.headers), causation_id=event.event_id)
+
+
+async def _quietly(settling: Awaitable[None]) -> None:
+    """Await an ack, nak, flush or unsubscribe whose loss only means a later redelivery."""
+    try:
+        await settling
+    except _BUS_DOWN as error:
+        _log.warning("NATS did not take an acknowledgement: %r", error)
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def _header_safe(text: str) -> str:
+    return " ".join(text.split())[:_MAX_ERROR_CHARS]
+
+
+__all__ = [
+    "ConsumedEvent",
+    "ConsumerHandler",
+    "ConsumerOptions",
+    "DurableConsumer",
+    "HandlerTimedOut",
+    "PoisonMessage",
+    "parse_event",
+]
