@@ -50,9 +50,12 @@ class NewEvent:
     event_id: uuid.UUID = field(default_factory=uuid.uuid4)
 
 
-@dataclass(frozen=True, slots=True)
-class RecordedEvent:
-    """An event as stored, with its place in its stream, in commit order and in the chain."""
+class RecordedEvent(NamedTuple):
+    """An event as stored, with its place in its stream, in commit order and in the chain.
+
+    A named tuple rather than a frozen dataclass: reads build hundreds of thousands of these
+    a second, and a tuple is built several times faster. It is just as immutable.
+    """
 
     global_position: int
     stream_id: str

@@ -110,7 +110,11 @@ async def rebuild(
         async with store.pool.acquire() as connection:
             await connection.execute(f"drop table if exists {shadow}")
             await connection.execute(projection.create_sql(shadow))
-            bound = None if is_inline else await _checkpoint(connection, store, projection)
+            # A bound, or under a steady stream of appends the unlocked replay never ends.
+            if is_inline:
+                bound = await _settled_head(connection, store)
+            else:
+                bound = await _checkpoint(connection, store, projection)
             position = await _replay(
                 connection, store, projection, shadow, START, bound, report, progress
             )
@@ -177,6 +181,16 @@ async def _hold_writers_and_catch_up(
     await subscriptions.lock(connection, store.schema, projection.name)
     live_at = await _checkpoint(connection, store, projection)
     return await _replay(connection, store, projection, shadow, position, live_at, report, None)
+
+
+async def _settled_head(connection: Connection, store: EventStore) -> Position:
+    """The last event in commit order that is settled now (START when there is none)."""
+    row = await connection.fetchrow(
+        f"select tx_id, global_position from {store.schema}.events"
+        " where tx_id < pg_snapshot_xmin(pg_current_snapshot())"
+        " order by tx_id desc, global_position desc limit 1"
+    )
+    return START if row is None else Position(row[0], row[1])
 
 
 async def _checkpoint(

@@ -16,6 +16,8 @@ from eventstore._db import Executor
 from eventstore.events import Direction, Position, RecordedEvent
 from eventstore.upcasting import Upcasters
 
+_loads = orjson.loads
+
 COLUMNS: Final = (
     "global_position, stream_id, stream_version, event_id, event_type, data, metadata,"
     " recorded_at, tx_id, hash, prev_hash"
@@ -26,10 +28,10 @@ COLUMNS: Final = (
 def decode(row: asyncpg.Record, upcasters: Upcasters | None = None) -> RecordedEvent:
     """Turn a row selected with COLUMNS into a RecordedEvent, upcast when upcasters are given."""
     event = RecordedEvent(
-        row[0], row[1], row[2], row[3], row[4], orjson.loads(row[5]), orjson.loads(row[6]),
+        row[0], row[1], row[2], row[3], row[4], _loads(row[5]), _loads(row[6]),
         row[7], row[8], row[9], row[10],
     )
-    return upcasters.upcast(event) if upcasters is not None else event
+    return upcasters.upcast(event) if upcasters else event
 
 
 async def fetch_stream(

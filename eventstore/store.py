@@ -12,6 +12,7 @@ import asyncpg
 from eventstore import reads
 from eventstore._db import Connection
 from eventstore._translate import translated_errors
+from eventstore.announcer import Announcer
 from eventstore.errors import InvalidEvent, StreamNotFound
 from eventstore.events import (
     ANY,
@@ -59,6 +60,7 @@ class EventStore:
         self.schema = check_schema_name(schema)
         self.upcasters = upcasters or Upcasters()
         self.inline_projections = tuple(inline_projections)
+        self.announcer = Announcer(pool, f"{self.schema}_events")
 
     @classmethod
     async def open(
@@ -72,7 +74,9 @@ class EventStore:
     ) -> EventStore:
         """Connect a pool to `dsn`, migrate `schema`, and return the store that owns the pool."""
         with translated_errors():
-            pool = await asyncpg.create_pool(dsn, min_size=1, max_size=pool_size)
+            pool = await asyncpg.create_pool(
+                dsn, min_size=1, max_size=pool_size, reset=_keep_session_state
+            )
         store = cls(pool, schema, upcasters=upcasters, inline_projections=inline_projections)
         await store.migrate()
         for projection in store.inline_projections:
@@ -80,7 +84,8 @@ class EventStore:
         return store
 
     async def close(self) -> None:
-        """Close the pool (wait for connections in use to be released)."""
+        """Stop announcing and close the pool (wait for connections in use to be released)."""
+        await self.announcer.close()
         await self.pool.close()
 
     async def migrate(self) -> None:
@@ -102,7 +107,11 @@ class EventStore:
             async with self.unit_of_work() as unit:
                 return await unit.append(stream_id, events, expected_version)
         async with self.pool.acquire() as connection:
-            return await _append_on(connection, self.schema, stream_id, events, expected_version)
+            result = await _append_on(
+                connection, self.schema, stream_id, events, expected_version
+            )
+        self.announcer.announce()
+        return result
 
     @asynccontextmanager
     async def unit_of_work(self) -> AsyncIterator[UnitOfWork]:
@@ -110,6 +119,7 @@ class EventStore:
         with translated_errors():
             async with self.pool.acquire() as connection, connection.transaction():
                 yield UnitOfWork(self, connection)
+        self.announcer.announce()
 
     async def read_stream(
         self,
@@ -256,6 +266,12 @@ def _check_append(stream_id: str, events: Sequence[NewEvent], expected_version: 
             raise InvalidEvent(f"event type {event.event_type!r} must match {_EVENT_TYPE.pattern}")
     if len({event.event_id for event in events}) != len(events):
         raise InvalidEvent("an append carries the same event id twice")
+
+
+async def _keep_session_state(_: object) -> None:
+    """Pool connections are handed back as they are: the store leaves no session state
+    behind (transaction-scoped locks only, listeners removed by their owners), and asyncpg's
+    default reset would cost a round trip on every release."""
 
 
 def _check_limit(limit: int) -> None:

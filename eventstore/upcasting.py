@@ -7,7 +7,6 @@ chain until no upcaster matches, so a reader only ever sees the newest shape.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -39,6 +38,10 @@ class Upcasters:
             raise ValueError(f"an upcaster for {event_type} v{from_version} is already registered")
         self._by_shape[shape] = upcast
 
+    def __bool__(self) -> bool:
+        """True when at least one upcaster is registered."""
+        return bool(self._by_shape)
+
     def upcast(self, event: RecordedEvent) -> RecordedEvent:
         """Return `event` in its newest shape (the same object when nothing applies)."""
         if not self._by_shape:
@@ -54,4 +57,4 @@ class Upcasters:
         if steps == 0:
             return event
         metadata = {**event.metadata, SCHEMA_VERSION_KEY: version}
-        return dataclasses.replace(event, data=data, metadata=metadata)
+        return event._replace(data=data, metadata=metadata)

@@ -5,6 +5,8 @@
 -- Re-appending event ids that are already stored returns the stored rows (is_duplicate).
 -- Each hash is sha256(prev_hash || version || recorded_at in microseconds || body), where the
 -- body is the canonical JSON the caller computed; eventstore/hashing.py recomputes the same.
+-- No NOTIFY here: it would take PostgreSQL's notify lock inside every commit and serialise
+-- them; the store announces appends after commit instead (eventstore/announcer.py).
 
 create function {schema}.append_events(
     p_stream_id text,
@@ -87,6 +89,5 @@ begin
 
     update {schema}.streams s set version = v_version + v_count, last_hash = v_hash
      where s.stream_id = p_stream_id;
-    perform pg_notify('{schema}_events', '');
 end
 $$;

@@ -1,0 +1,53 @@
+"""Announcing appends to listeners, after commit and coalesced.
+
+A NOTIFY inside the appending transaction takes PostgreSQL's global notify lock for the rest
+of the commit, so concurrent appends would commit one at a time (their WAL flushes no longer
+group). The store instead sends one `NOTIFY <schema>_events` from a separate, tiny
+transaction after its appends commit, at most one in flight, merging every append that
+lands meanwhile. A lost announcement costs a listener one polling interval, never an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any, Final
+
+import asyncpg
+
+_log = logging.getLogger(__name__)
+_COALESCE_S: Final = 0.001
+
+
+class Announcer:
+    """Sends coalesced NOTIFYs for one store's channel; owned and closed by the store."""
+
+    def __init__(self, pool: asyncpg.Pool[Any], channel: str) -> None:
+        self.pool = pool
+        self.channel = channel
+        self._is_due = False
+        self._sending: asyncio.Task[None] | None = None
+
+    def announce(self) -> None:
+        """Note that something was committed; a NOTIFY follows shortly."""
+        self._is_due = True
+        if self._sending is None or self._sending.done():
+            self._sending = asyncio.get_running_loop().create_task(self._send())
+
+    async def close(self) -> None:
+        """Stop announcing; wait for the NOTIFY in flight, if any."""
+        if self._sending is not None:
+            self._sending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sending
+
+    async def _send(self) -> None:
+        while self._is_due:
+            await asyncio.sleep(_COALESCE_S)
+            self._is_due = False
+            try:
+                await self.pool.execute("select pg_notify($1, '')", self.channel)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                _log.debug("NOTIFY %s not sent: %s", self.channel, error)
+                return
