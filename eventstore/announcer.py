@@ -17,7 +17,8 @@ from typing import Any, Final
 import asyncpg
 
 _log = logging.getLogger(__name__)
-_COALESCE_S: Final = 0.001
+_COALESCE_S: Final = 0.01
+"""At most one NOTIFY per store each 10 ms: listeners learn of appends that much later."""
 
 
 class Announcer:

@@ -50,20 +50,27 @@ begin
           from {schema}.streams s where s.stream_id = p_stream_id for update;
     end if;
 
-    select count(*) into v_found from {schema}.events e where e.event_id = any(p_event_ids);
-    if v_found > 0 then
-        if v_found <> v_count or exists (
-            select 1 from {schema}.events e
-             where e.event_id = any(p_event_ids) and e.stream_id <> p_stream_id) then
-            raise exception 'some of these event ids are already stored, in another append'
-                using errcode = 'LE003';
+    -- A retried append whose first try committed finds the stream moved on; only then, or
+    -- when no exact version was expected, is it worth looking for the ids (the hot path
+    -- skips the lookup; an id reused elsewhere still fails on the unique index).
+    if p_expected < 0
+       or (p_expected = 0 and v_version > 0)
+       or (p_expected > 0 and p_expected <> v_version) then
+        select count(*) into v_found from {schema}.events e where e.event_id = any(p_event_ids);
+        if v_found > 0 then
+            if v_found <> v_count or exists (
+                select 1 from {schema}.events e
+                 where e.event_id = any(p_event_ids) and e.stream_id <> p_stream_id) then
+                raise exception 'some of these event ids are already stored, in another append'
+                    using errcode = 'LE003';
+            end if;
+            return query
+                select e.global_position, e.stream_version, e.recorded_at, e.tx_id, e.hash,
+                       e.prev_hash, true
+                  from {schema}.events e where e.event_id = any(p_event_ids)
+                 order by e.stream_version;
+            return;
         end if;
-        return query
-            select e.global_position, e.stream_version, e.recorded_at, e.tx_id, e.hash,
-                   e.prev_hash, true
-              from {schema}.events e where e.event_id = any(p_event_ids)
-             order by e.stream_version;
-        return;
     end if;
 
     if (p_expected = 0 and v_version > 0) or (p_expected > 0 and p_expected <> v_version)
