@@ -42,7 +42,14 @@ from eventstore.projections import (
 from eventstore.snapshots import Snapshot
 from eventstore.store import EventStore, UnitOfWork
 from eventstore.subscriptions import Handler, Subscription
-from eventstore.tracking import mark_handled, record_reply, recorded_reply
+from eventstore.tracking import (
+    StoredResponse,
+    mark_handled,
+    record_reply,
+    recorded_reply,
+    store_response,
+    stored_response,
+)
 from eventstore.upcasting import Upcasters
 
 __all__ = [
@@ -70,6 +77,7 @@ __all__ = [
     "RowDifference",
     "Snapshot",
     "StoreUnavailable",
+    "StoredResponse",
     "StreamNotFound",
     "Subscription",
     "UnitOfWork",
@@ -79,5 +87,7 @@ __all__ = [
     "rebuild",
     "record_reply",
     "recorded_reply",
+    "store_response",
+    "stored_response",
     "verify_chains",
 ]

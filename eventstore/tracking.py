@@ -7,6 +7,7 @@ if the effect commits, so does the mark, and a redelivery finds the mark and doe
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -46,5 +47,45 @@ async def record_reply(
         command_id,
         endpoint,
         canonical_json(reply).decode(),
+    )
+    return bool(inserted)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    """The first answer given to an idempotency key, and what its request looked like."""
+
+    fingerprint: str
+    status_code: int
+    response: dict[str, Any]
+
+
+async def stored_response(
+    executor: Executor, schema: str, scope: str, key: str
+) -> StoredResponse | None:
+    """The answer recorded for `key` in `scope` (e.g. an endpoint and account), or None."""
+    row = await executor.fetchrow(
+        f"select fingerprint, status_code, response from {schema}.idempotency_keys"
+        " where scope = $1 and key = $2",
+        scope,
+        key,
+    )
+    if row is None:
+        return None
+    return StoredResponse(row[0], row[1], dict(orjson.loads(row[2])))
+
+
+async def store_response(
+    executor: Executor, schema: str, scope: str, key: str, answer: StoredResponse
+) -> bool:
+    """Record the answer to `key`; False when one was recorded first (keep that one)."""
+    inserted = await executor.fetchval(
+        f"insert into {schema}.idempotency_keys (scope, key, fingerprint, status_code, response)"
+        " values ($1, $2, $3, $4, $5::jsonb) on conflict do nothing returning true",
+        scope,
+        key,
+        answer.fingerprint,
+        answer.status_code,
+        canonical_json(answer.response).decode(),
     )
     return bool(inserted)
