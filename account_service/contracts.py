@@ -1,0 +1,167 @@
+"""The account service's public language: its events and its saga commands.
+
+Other services import these models (the risk service reads the lifecycle events, the saga
+sends the commands); nothing else of the account service is theirs to know. Amounts are
+integers of minor units.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ledger.commands import Command
+
+AmountMinor = Annotated[int, Field(gt=0, le=10**18)]
+Identifier = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+
+class EntryKind(StrEnum):
+    """Why money moved on an account."""
+
+    DEPOSIT = "deposit"
+    WITHDRAWAL = "withdrawal"
+    TRANSFER = "transfer"
+    TRADE = "trade"
+
+
+MovementKind = Literal[EntryKind.TRANSFER, EntryKind.TRADE]
+
+
+class HoldSide(StrEnum):
+    """A hold is a pending debit on the payer or a pending credit on the payee."""
+
+    DEBIT = "debit"
+    CREDIT = "credit"
+
+
+class AccountEvent(BaseModel):
+    """Base of the account's events: frozen, strict about their fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    event_type: ClassVar[str]
+
+
+class AccountOpened(AccountEvent):
+    event_type: ClassVar[str] = "AccountOpened"
+    account_id: Identifier
+    owner: Identifier
+    currency: str
+    overdraft_limit_minor: int = Field(ge=0)
+
+
+class Deposited(AccountEvent):
+    event_type: ClassVar[str] = "Deposited"
+    entry_id: str
+    amount_minor: AmountMinor
+    reference: str | None = None
+
+
+class Withdrawn(AccountEvent):
+    event_type: ClassVar[str] = "Withdrawn"
+    entry_id: str
+    amount_minor: AmountMinor
+    reference: str | None = None
+
+
+class HoldPlaced(AccountEvent):
+    """Money reserved on this account for one saga leg: a pending debit or credit."""
+
+    event_type: ClassVar[str] = "HoldPlaced"
+    hold_id: str
+    side: HoldSide
+    amount_minor: AmountMinor
+    transfer_id: str
+    kind: MovementKind
+
+
+class HoldPosted(AccountEvent):
+    """The hold became a posted movement: exactly its amount, out or in."""
+
+    event_type: ClassVar[str] = "HoldPosted"
+    hold_id: str
+    side: HoldSide
+    amount_minor: AmountMinor
+    transfer_id: str
+    kind: MovementKind
+
+
+class HoldVoided(AccountEvent):
+    """The hold was released; no money moved."""
+
+    event_type: ClassVar[str] = "HoldVoided"
+    hold_id: str
+    side: HoldSide
+    amount_minor: AmountMinor
+    transfer_id: str
+
+
+class AccountFrozen(AccountEvent):
+    event_type: ClassVar[str] = "AccountFrozen"
+    reason: str | None = None
+
+
+class AccountUnfrozen(AccountEvent):
+    event_type: ClassVar[str] = "AccountUnfrozen"
+
+
+class AccountClosed(AccountEvent):
+    event_type: ClassVar[str] = "AccountClosed"
+
+
+EVENT_TYPES: dict[str, type[AccountEvent]] = {
+    model.event_type: model
+    for model in (
+        AccountOpened, Deposited, Withdrawn, HoldPlaced, HoldPosted, HoldVoided,
+        AccountFrozen, AccountUnfrozen, AccountClosed,
+    )
+}
+
+
+class Leg(BaseModel):
+    """One movement of a saga: `amount_minor` from `from_account` to `to_account`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    leg_id: Identifier
+    from_account: Identifier
+    to_account: Identifier
+    amount_minor: AmountMinor
+    currency: str
+    kind: MovementKind = EntryKind.TRANSFER
+
+
+class ReserveLegs(Command):
+    """Place, for every leg, a debit hold on the payer and a pending credit on the payee."""
+
+    transfer_id: Identifier
+    legs: tuple[Leg, ...] = Field(min_length=1, max_length=8)
+
+
+class PostLegs(Command):
+    """Post the holds of every leg of `transfer_id`."""
+
+    transfer_id: Identifier
+    legs: tuple[Leg, ...] = Field(min_length=1, max_length=8)
+
+
+class VoidLegs(Command):
+    """Release the holds of every leg of `transfer_id` (those that exist)."""
+
+    transfer_id: Identifier
+    legs: tuple[Leg, ...] = Field(min_length=1, max_length=8)
+
+
+class LegsDone(BaseModel):
+    """The reply to reserve, post and void: what the accounts hold now for the transfer."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    transfer_id: str
+    hold_ids: tuple[str, ...]
+
+
+def hold_id(transfer_id: str, leg_id: str, side: HoldSide) -> str:
+    """The id of a leg's hold on one side: deterministic, so retries find the same hold."""
+    return f"{transfer_id}:{leg_id}:{side.value}"
+

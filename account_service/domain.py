@@ -1,0 +1,307 @@
+"""The account: its state as a fold of its events, and the rules that decide new events.
+
+Pure: no I/O. Each decision takes the state and a request and returns the events that
+follow, or raises a named error a person can act on (DESIGN 3, STYLE 1, 15).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Final
+
+from account_service.contracts import (
+    AccountClosed,
+    AccountEvent,
+    AccountFrozen,
+    AccountOpened,
+    AccountUnfrozen,
+    Deposited,
+    HoldPlaced,
+    HoldPosted,
+    HoldSide,
+    HoldVoided,
+    MovementKind,
+    Withdrawn,
+)
+
+MAX_OPEN_HOLDS: Final = 10_000
+"""An account with more unfinished holds than this refuses new ones (a bound, STYLE 6)."""
+
+
+class Status(StrEnum):
+    OPEN = "open"
+    FROZEN = "frozen"
+    CLOSED = "closed"
+
+
+class AccountError(Exception):
+    """A request the account refuses; `code` is machine-readable."""
+
+    code = "refused"
+
+
+class AccountNotFound(AccountError):
+    code = "unknown_account"
+
+    def __init__(self, account_id: str) -> None:
+        super().__init__(f"account {account_id} does not exist")
+
+
+class AccountAlreadyExists(AccountError):
+    code = "account_exists"
+
+    def __init__(self, account_id: str) -> None:
+        super().__init__(f"account {account_id} already exists")
+
+
+class AccountFrozenError(AccountError):
+    code = "account_frozen"
+
+    def __init__(self, account_id: str) -> None:
+        super().__init__(f"account {account_id} is frozen: no new debits or credits")
+
+
+class AccountClosedError(AccountError):
+    code = "account_closed"
+
+    def __init__(self, account_id: str) -> None:
+        super().__init__(f"account {account_id} is closed")
+
+
+class InsufficientFunds(AccountError):
+    code = "insufficient_funds"
+
+    def __init__(self, account_id: str, needed_minor: int, available_minor: int) -> None:
+        super().__init__(
+            f"account {account_id} has {available_minor} minor units available"
+            f" (overdraft included), {needed_minor} needed"
+        )
+        self.needed_minor = needed_minor
+        self.available_minor = available_minor
+
+
+class CurrencyMismatch(AccountError):
+    code = "currency_mismatch"
+
+    def __init__(self, account_id: str, account_currency: str, currency: str) -> None:
+        super().__init__(f"account {account_id} holds {account_currency}, not {currency}")
+
+
+class CannotClose(AccountError):
+    code = "cannot_close"
+
+
+class HoldNotOpen(AccountError):
+    """The hold does not exist or has already ended: the adapter decides if that is a retry."""
+
+    code = "hold_not_open"
+
+    def __init__(self, account_id: str, hold_id: str) -> None:
+        super().__init__(f"account {account_id} has no open hold {hold_id}")
+        self.hold_id = hold_id
+
+
+class TooManyHolds(AccountError):
+    code = "too_many_holds"
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """An unfinished reservation for one saga leg."""
+
+    hold_id: str
+    side: HoldSide
+    amount_minor: int
+    transfer_id: str
+    kind: MovementKind
+
+
+@dataclass(frozen=True, slots=True)
+class AccountState:
+    """An account as its events left it. `version` is its stream version."""
+
+    account_id: str
+    owner: str
+    currency: str
+    overdraft_limit_minor: int
+    status: Status = Status.OPEN
+    posted_minor: int = 0
+    pending_debits_minor: int = 0
+    pending_credits_minor: int = 0
+    open_holds: MappingProxyType[str, Hold] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    version: int = 0
+
+    @property
+    def available_minor(self) -> int:
+        """What may still be debited, before the overdraft: posted - pending debits."""
+        return self.posted_minor - self.pending_debits_minor
+
+
+# --- decisions -------------------------------------------------------------------------
+
+
+def open_account(
+    state: AccountState | None, account_id: str, owner: str, currency: str, overdraft_minor: int
+) -> list[AccountEvent]:
+    """Open a new account holding one asset."""
+    if state is not None:
+        raise AccountAlreadyExists(account_id)
+    return [AccountOpened(account_id=account_id, owner=owner, currency=currency,
+                          overdraft_limit_minor=overdraft_minor)]
+
+
+def deposit(
+    state: AccountState, amount_minor: int, entry_id: str, reference: str | None
+) -> list[AccountEvent]:
+    """Money in from outside the ledger."""
+    _require_open(state)
+    return [Deposited(entry_id=entry_id, amount_minor=amount_minor, reference=reference)]
+
+
+def withdraw(
+    state: AccountState, amount_minor: int, entry_id: str, reference: str | None
+) -> list[AccountEvent]:
+    """Money out of the ledger; never below the overdraft limit."""
+    _require_open(state)
+    _require_funds(state, amount_minor)
+    return [Withdrawn(entry_id=entry_id, amount_minor=amount_minor, reference=reference)]
+
+
+def place_hold(state: AccountState, hold: Hold, currency: str) -> list[AccountEvent]:
+    """Reserve a debit (funds must be available) or a pending credit for a saga leg."""
+    _require_open(state)
+    if currency != state.currency:
+        raise CurrencyMismatch(state.account_id, state.currency, currency)
+    if len(state.open_holds) >= MAX_OPEN_HOLDS:
+        raise TooManyHolds(f"account {state.account_id} has {MAX_OPEN_HOLDS} unfinished holds")
+    if hold.hold_id in state.open_holds:
+        return []
+    if hold.side is HoldSide.DEBIT:
+        _require_funds(state, hold.amount_minor)
+    return [HoldPlaced(hold_id=hold.hold_id, side=hold.side, amount_minor=hold.amount_minor,
+                       transfer_id=hold.transfer_id, kind=hold.kind)]
+
+
+def post_hold(state: AccountState, hold_id: str) -> list[AccountEvent]:
+    """Turn an open hold into a posted movement of exactly its amount (even when frozen)."""
+    hold = _open_hold(state, hold_id)
+    return [HoldPosted(hold_id=hold.hold_id, side=hold.side, amount_minor=hold.amount_minor,
+                       transfer_id=hold.transfer_id, kind=hold.kind)]
+
+
+def void_hold(state: AccountState, hold_id: str) -> list[AccountEvent]:
+    """Release an open hold (even when frozen); no money moves."""
+    hold = _open_hold(state, hold_id)
+    return [HoldVoided(hold_id=hold.hold_id, side=hold.side, amount_minor=hold.amount_minor,
+                       transfer_id=hold.transfer_id)]
+
+
+def freeze(state: AccountState, reason: str | None) -> list[AccountEvent]:
+    """Stop new debits and credits; freezing a frozen account changes nothing."""
+    if state.status is Status.CLOSED:
+        raise AccountClosedError(state.account_id)
+    return [] if state.status is Status.FROZEN else [AccountFrozen(reason=reason)]
+
+
+def unfreeze(state: AccountState) -> list[AccountEvent]:
+    """Accept debits and credits again; unfreezing an open account changes nothing."""
+    if state.status is Status.CLOSED:
+        raise AccountClosedError(state.account_id)
+    return [AccountUnfrozen()] if state.status is Status.FROZEN else []
+
+
+def close(state: AccountState) -> list[AccountEvent]:
+    """Close for good: needs a zero balance and no open holds."""
+    if state.status is Status.CLOSED:
+        return []
+    if state.posted_minor != 0:
+        raise CannotClose(f"account {state.account_id} has a balance of {state.posted_minor}")
+    if state.open_holds:
+        raise CannotClose(f"account {state.account_id} has {len(state.open_holds)} open holds")
+    return [AccountClosed()]
+
+
+def _require_open(state: AccountState) -> None:
+    if state.status is Status.FROZEN:
+        raise AccountFrozenError(state.account_id)
+    if state.status is Status.CLOSED:
+        raise AccountClosedError(state.account_id)
+
+
+def _require_funds(state: AccountState, amount_minor: int) -> None:
+    if state.available_minor - amount_minor < -state.overdraft_limit_minor:
+        available = state.available_minor + state.overdraft_limit_minor
+        raise InsufficientFunds(state.account_id, amount_minor, available)
+
+
+def _open_hold(state: AccountState, hold_id: str) -> Hold:
+    hold = state.open_holds.get(hold_id)
+    if hold is None:
+        raise HoldNotOpen(state.account_id, hold_id)
+    return hold
+
+
+# --- the fold --------------------------------------------------------------------------
+
+
+def evolve(state: AccountState | None, event: AccountEvent) -> AccountState:
+    """The state after `event`; the only way an account's state changes."""
+    if isinstance(event, AccountOpened):
+        assert state is None, "an account opens once"
+        return AccountState(event.account_id, event.owner, event.currency,
+                            event.overdraft_limit_minor, version=1)
+    assert state is not None, f"{event.event_type} before AccountOpened"
+    state = replace(state, version=state.version + 1)
+    match event:
+        case Deposited():
+            return replace(state, posted_minor=state.posted_minor + event.amount_minor)
+        case Withdrawn():
+            return replace(state, posted_minor=state.posted_minor - event.amount_minor)
+        case HoldPlaced():
+            return _with_hold_placed(state, event)
+        case HoldPosted():
+            return _with_hold_ended(state, event.hold_id, is_posted=True)
+        case HoldVoided():
+            return _with_hold_ended(state, event.hold_id, is_posted=False)
+        case AccountFrozen():
+            return replace(state, status=Status.FROZEN)
+        case AccountUnfrozen():
+            return replace(state, status=Status.OPEN)
+        case AccountClosed():
+            return replace(state, status=Status.CLOSED)
+    raise AssertionError(f"unknown account event {event!r}")
+
+
+def fold(events: list[AccountEvent], state: AccountState | None = None) -> AccountState | None:
+    """Evolve `state` through `events`."""
+    for event in events:
+        state = evolve(state, event)
+    return state
+
+
+def _with_hold_placed(state: AccountState, event: HoldPlaced) -> AccountState:
+    assert event.hold_id not in state.open_holds, "a hold is placed once"
+    hold = Hold(event.hold_id, event.side, event.amount_minor, event.transfer_id, event.kind)
+    holds = MappingProxyType({**state.open_holds, hold.hold_id: hold})
+    if hold.side is HoldSide.DEBIT:
+        return replace(state, open_holds=holds,
+                       pending_debits_minor=state.pending_debits_minor + hold.amount_minor)
+    return replace(state, open_holds=holds,
+                   pending_credits_minor=state.pending_credits_minor + hold.amount_minor)
+
+
+def _with_hold_ended(state: AccountState, hold_id: str, *, is_posted: bool) -> AccountState:
+    hold = state.open_holds.get(hold_id)
+    assert hold is not None, "a hold ends once, and only after it was placed"
+    holds = MappingProxyType({k: v for k, v in state.open_holds.items() if k != hold_id})
+    if hold.side is HoldSide.DEBIT:
+        posted = state.posted_minor - hold.amount_minor if is_posted else state.posted_minor
+        return replace(state, open_holds=holds, posted_minor=posted,
+                       pending_debits_minor=state.pending_debits_minor - hold.amount_minor)
+    posted = state.posted_minor + hold.amount_minor if is_posted else state.posted_minor
+    return replace(state, open_holds=holds, posted_minor=posted,
+                   pending_credits_minor=state.pending_credits_minor - hold.amount_minor)

@@ -1,0 +1,69 @@
+"""Loading and saving accounts: the balances row plus any newer events, then an append.
+
+An account is never replayed from its first event on a command: the inline balances row is
+its folded state as of `version`, and only events after it (normally none) are read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import orjson
+
+from account_service.contracts import AccountEvent
+from account_service.domain import AccountNotFound, AccountState, fold
+from account_service.events import decode, stream_of, to_new_event
+from account_service.projections import BALANCE_COLUMNS, state_from_row
+from eventstore import NO_STREAM, EventStore, RecordedEvent, UnitOfWork
+from eventstore._db import Executor
+
+Decision = Callable[[AccountState], list[AccountEvent]]
+
+
+async def load(store: EventStore, executor: Executor, account_id: str) -> AccountState | None:
+    """The account's current state, or None when it was never opened."""
+    row = await executor.fetchrow(
+        f"select {BALANCE_COLUMNS} from {store.schema}.balances where account_id = $1",
+        account_id,
+    )
+    state = state_from_row(row) if row is not None else None
+    from_version = state.version + 1 if state is not None else 1
+    rows = await executor.fetch(
+        f"select event_type, data from {store.schema}.events where stream_id = $1"
+        " and stream_version >= $2 order by stream_version",
+        stream_of(account_id),
+        from_version,
+    )
+    if not rows:
+        return state
+    return fold([decode(row["event_type"], orjson.loads(row["data"])) for row in rows], state)
+
+
+async def require(store: EventStore, executor: Executor, account_id: str) -> AccountState:
+    """The account's state; AccountNotFound when it does not exist."""
+    state = await load(store, executor, account_id)
+    if state is None:
+        raise AccountNotFound(account_id)
+    return state
+
+
+async def save(
+    unit: UnitOfWork, state: AccountState | None, account_id: str, events: Sequence[AccountEvent]
+) -> list[RecordedEvent]:
+    """Append `events` if the account is still at `state.version`; else ConcurrencyError."""
+    if not events:
+        return []
+    expected = state.version if state is not None else NO_STREAM
+    result = await unit.append(stream_of(account_id), [to_new_event(e) for e in events], expected)
+    return list(result.events)
+
+
+async def decide_and_save(
+    unit: UnitOfWork, account_id: str, decision: Decision
+) -> tuple[AccountState, list[RecordedEvent]]:
+    """Load the account in the unit's transaction, decide, append; return the new state."""
+    state = await require(unit.store, unit.connection, account_id)
+    events = decision(state)
+    recorded = await save(unit, state, account_id, events)
+    return fold(events, state) or state, recorded
+
