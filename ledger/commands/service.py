@@ -1,22 +1,4 @@
-"""Commands over NATS request/reply: idempotent handlers on the server, retrying sends.
-
-    service = CommandService(nc, store, name="account", version="0.1.0")
-
-    @service.command("reserve", ReserveFunds, Reserved)  # subject "account.reserve"
-    async def reserve(command: ReserveFunds, unit: UnitOfWork) -> Reserved: ...
-
-    reply = await CommandClient(nc, 2.0, 3).send("account.reserve", command, Reserved)
-
-A handler runs in a unit of work with the request's context bound (`ledger.context.current()`
-is the sender's correlation, caused by the command id), so it appends its events with
-`metadata=current().as_metadata()`. Its reply is recorded with its effect in one transaction,
-and a repeated `command_id` is answered with that recorded reply, never applied twice.
-
-On the wire a reply is a JSON envelope: `{"status": "ok", "reply": {...}}`,
-`{"status": "refused", "code", "message", "details"}` (recorded like a success), or
-`{"status": "error", "code", "message"}` (not recorded, so a later retry may succeed).
-Replies and refusal details are JSON without floats (money is integers in minor units).
-"""
+"""The server side of commands: idempotent handlers behind `nats.micro` endpoints."""
 
 from __future__ import annotations
 
@@ -24,25 +6,32 @@ import asyncio
 import logging
 import random
 import time
-import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, TypeAlias, TypeVar
+from typing import Any, Final
 
 import orjson
 from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
-from nats.micro.request import ERROR_HEADER, Request
+from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, EndpointStats, Service, ServiceConfig
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from eventstore import ConcurrencyError, EventStore, UnitOfWork, record_reply, recorded_reply
 from ledger import metrics
-from ledger.context import bound, current, from_headers
-from ledger.settings import Settings
+from ledger.commands.envelope import (
+    Command,
+    CommandHandler,
+    CommandRefused,
+    CommandT,
+    Envelope,
+    Outcome,
+    ReplyT,
+    describe_invalid,
+    error_envelope,
+    refusal_envelope,
+)
+from ledger.context import bound, from_headers
 
 DEFAULT_MAX_IN_FLIGHT: Final = 64
 """Requests one endpoint of one instance handles at once; more wait in the subscription."""
@@ -50,47 +39,7 @@ DEFAULT_CONFLICT_RETRIES: Final = 5
 """Re-runs of a handler whose append met a concurrent writer, before it counts as an error."""
 DEFAULT_STOP_GRACE_S: Final = 10.0
 """How long `stop` lets requests in progress finish before cancelling them."""
-_BACKOFF_BASE_S: Final = 0.1
-_BACKOFF_MAX_S: Final = 2.0
-_MAX_ERROR_CHARS: Final = 500
-
-Outcome: TypeAlias = Literal["ok", "refused", "error", "replayed"]
-Envelope: TypeAlias = dict[str, Any]
-
 _log = logging.getLogger(__name__)
-
-
-class Command(BaseModel):
-    """Base of every command: immutable, strict, and identified for idempotency."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    command_id: uuid.UUID
-
-
-CommandT = TypeVar("CommandT", bound=Command)
-ReplyT = TypeVar("ReplyT", bound=BaseModel)
-CommandHandler: TypeAlias = Callable[[CommandT, UnitOfWork], Awaitable[ReplyT]]
-
-
-class CommandRefused(Exception):
-    """The participant declined the command (a result, recorded like a reply, not a crash)."""
-
-    def __init__(self, code: str, message: str, details: Mapping[str, Any] | None = None) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.details = dict(details or {})
-
-
-class CommandFailed(Exception):
-    """The command got no usable answer: an error reply, a bad reply, or retries ran out."""
-
-    def __init__(self, message: str, *, subject: str, attempts: int, code: str | None = None):
-        super().__init__(message)
-        self.subject = subject
-        self.attempts = attempts
-        self.code = code
 
 
 class _AnsweredElsewhere(Exception):
@@ -230,9 +179,9 @@ class CommandService:
         try:
             command = endpoint.request_model.model_validate_json(request.data)
         except ValidationError as error:
-            description = _describe_invalid(endpoint.subject, error)
+            description = describe_invalid(endpoint.subject, error)
             _log.warning("%s", description)
-            return "error", _error("400", description)
+            return "error", error_envelope("400", description)
         context = from_headers(request.headers).caused_by(str(command.command_id))
         with bound(context):
             try:
@@ -245,7 +194,7 @@ class CommandService:
                 )
                 # The cause stays in our logs; the sender gets the id to find it by.
                 message = f"{endpoint.subject} failed; see correlation {context.correlation_id}"
-                return "error", _error("500", message)
+                return "error", error_envelope("500", message)
 
     async def _execute(self, endpoint: _Endpoint, command: Command) -> tuple[Outcome, Envelope]:
         """Replay the recorded reply, else apply; re-run on a concurrent writer, boundedly."""
@@ -286,7 +235,7 @@ class CommandService:
             return "ok", envelope
         except CommandRefused as refusal:
             # The refusal rolled the effect back; it alone is recorded, in its own transaction.
-            envelope = _refused(refusal)
+            envelope = refusal_envelope(refusal)
             async with self._store.unit_of_work() as unit:
                 await self._record(unit, endpoint, command, envelope)
             return "refused", envelope
@@ -305,100 +254,3 @@ class CommandService:
         """The reply committed for the command, if any."""
         return await recorded_reply(self._store.pool, self._store.schema, command.command_id)
 
-
-class CommandClient:
-    """Sends commands and waits for their replies, retrying unanswered attempts."""
-
-    def __init__(self, nc: Client, timeout_s: float, max_retries: int) -> None:
-        assert timeout_s > 0, "an attempt needs time to be answered"
-        assert max_retries >= 0, "retries cannot be negative"
-        self._nc = nc
-        self._timeout_s = timeout_s
-        self._max_retries = max_retries
-
-    @classmethod
-    def from_settings(cls, nc: Client, settings: Settings) -> CommandClient:
-        """A client with the configured per-attempt timeout and retries."""
-        return cls(nc, settings.command_timeout_s, settings.command_max_retries)
-
-    async def send(self, subject: str, command: Command, reply_model: type[ReplyT]) -> ReplyT:
-        """Send `command` in the current context and return its reply.
-
-        Timeouts and "no responders" are retried with backoff under the same command id, so
-        a retry never applies the command twice. Raises CommandRefused when the participant
-        declines, CommandFailed on an error reply or when every attempt went unanswered.
-        """
-        payload = command.model_dump_json().encode()
-        headers = current().as_headers()
-        attempts = self._max_retries + 1
-        unanswered: Exception | None = None
-        for attempt in range(1, attempts + 1):
-            try:
-                message = await self._nc.request(
-                    subject, payload, timeout=self._timeout_s, headers=headers
-                )
-            except (NatsTimeoutError, NoRespondersError) as error:
-                unanswered = error
-                if attempt < attempts:
-                    await asyncio.sleep(_backoff_s(attempt))
-                continue
-            return _reply_from(subject, message, reply_model, attempt)
-        raise CommandFailed(
-            f"{subject} went unanswered after {attempts} attempts: {unanswered}",
-            subject=subject, attempts=attempts,
-        )
-
-
-def _reply_from(subject: str, message: Msg, reply_model: type[ReplyT], attempt: int) -> ReplyT:
-    """The reply in an envelope; raises CommandRefused or CommandFailed for the others."""
-    try:
-        envelope = orjson.loads(message.data)
-    except orjson.JSONDecodeError:
-        envelope = None
-    if not isinstance(envelope, dict):
-        error = (message.headers or {}).get(ERROR_HEADER, "a reply that is not an envelope")
-        raise CommandFailed(f"{subject} answered {error}", subject=subject, attempts=attempt)
-    status = envelope.get("status")
-    if status == "ok":
-        try:
-            return reply_model.model_validate(envelope.get("reply"))
-        except ValidationError as invalid:
-            message_text = f"{subject} answered a reply that is not a {reply_model.__name__}"
-            raise CommandFailed(message_text, subject=subject, attempts=attempt) from invalid
-    if status == "refused":
-        raise CommandRefused(
-            str(envelope.get("code")), str(envelope.get("message")), envelope.get("details")
-        )
-    code = str(envelope.get("code", "")) or None
-    raise CommandFailed(
-        f"{subject} failed ({code}): {envelope.get('message')}",
-        subject=subject, attempts=attempt, code=code,
-    )
-
-
-def _backoff_s(attempt: int) -> float:
-    """Exponential, capped, with half of it jittered so retrying senders spread out."""
-    ceiling_s = min(_BACKOFF_MAX_S, _BACKOFF_BASE_S * 2.0 ** (attempt - 1))
-    return ceiling_s / 2 + random.uniform(0, ceiling_s / 2)
-
-
-def _refused(refusal: CommandRefused) -> Envelope:
-    """The envelope of a refusal."""
-    return {
-        "status": "refused", "code": refusal.code,
-        "message": refusal.message, "details": refusal.details,
-    }
-
-
-def _error(code: str, message: str) -> Envelope:
-    """The envelope of an error (micro's codes: "400" bad request, "500" failure)."""
-    return {"status": "error", "code": code, "message": message}
-
-
-def _describe_invalid(subject: str, error: ValidationError) -> str:
-    """What was wrong with a request, field by field, in bounded length."""
-    problems = "; ".join(
-        f"{'.'.join(str(part) for part in problem['loc']) or 'body'}: {problem['msg']}"
-        for problem in error.errors(include_url=False)
-    )
-    return f"invalid {subject} request: {problems}"[:_MAX_ERROR_CHARS]

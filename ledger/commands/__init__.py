@@ -1,0 +1,25 @@
+"""Commands over NATS request/reply: idempotent handlers on the server, retrying sends.
+
+    service = CommandService(nc, store, name="account", version="0.1.0")
+
+    @service.command("reserve", ReserveFunds, Reserved)  # subject "account.reserve"
+    async def reserve(command: ReserveFunds, unit: UnitOfWork) -> Reserved: ...
+
+    reply = await CommandClient(nc, 2.0, 3).send("account.reserve", command, Reserved)
+
+A handler runs in a unit of work with the request's context bound (`ledger.context.current()`
+is the sender's correlation, caused by the command id), so it appends its events with
+`metadata=current().as_metadata()`. Its reply is recorded with its effect in one transaction,
+and a repeated `command_id` is answered with that recorded reply, never applied twice.
+
+On the wire a reply is a JSON envelope: `{"status": "ok", "reply": {...}}`,
+`{"status": "refused", "code", "message", "details"}` (recorded like a success), or
+`{"status": "error", "code", "message"}` (not recorded, so a later retry may succeed).
+Replies and refusal details are JSON without floats (money is integers in minor units).
+"""
+
+from ledger.commands.client import CommandClient
+from ledger.commands.envelope import Command, CommandFailed, CommandRefused
+from ledger.commands.service import CommandService
+
+__all__ = ["Command", "CommandClient", "CommandFailed", "CommandRefused", "CommandService"]

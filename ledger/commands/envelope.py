@@ -1,0 +1,72 @@
+"""The language of commands on the wire: the base model, the reply envelope, the errors."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final, Literal, TypeAlias, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from eventstore import UnitOfWork
+
+MAX_ERROR_CHARS: Final = 500
+
+Outcome: TypeAlias = Literal["ok", "refused", "error", "replayed"]
+Envelope: TypeAlias = dict[str, Any]
+
+
+class Command(BaseModel):
+    """Base of every command: immutable, strict, and identified for idempotency."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    command_id: uuid.UUID
+
+
+CommandT = TypeVar("CommandT", bound=Command)
+ReplyT = TypeVar("ReplyT", bound=BaseModel)
+CommandHandler: TypeAlias = Callable[[CommandT, UnitOfWork], Awaitable[ReplyT]]
+
+
+class CommandRefused(Exception):
+    """The participant declined the command (a result, recorded like a reply, not a crash)."""
+
+    def __init__(self, code: str, message: str, details: Mapping[str, Any] | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.details = dict(details or {})
+
+
+class CommandFailed(Exception):
+    """The command got no usable answer: an error reply, a bad reply, or retries ran out."""
+
+    def __init__(self, message: str, *, subject: str, attempts: int, code: str | None = None):
+        super().__init__(message)
+        self.subject = subject
+        self.attempts = attempts
+        self.code = code
+
+
+
+def refusal_envelope(refusal: CommandRefused) -> Envelope:
+    """The envelope of a refusal."""
+    return {
+        "status": "refused", "code": refusal.code,
+        "message": refusal.message, "details": refusal.details,
+    }
+
+
+def error_envelope(code: str, message: str) -> Envelope:
+    """The envelope of an error (micro's codes: "400" bad request, "500" failure)."""
+    return {"status": "error", "code": code, "message": message}
+
+
+def describe_invalid(subject: str, error: ValidationError) -> str:
+    """What was wrong with a request, field by field, in bounded length."""
+    problems = "; ".join(
+        f"{'.'.join(str(part) for part in problem['loc']) or 'body'}: {problem['msg']}"
+        for problem in error.errors(include_url=False)
+    )
+    return f"invalid {subject} request: {problems}"[:MAX_ERROR_CHARS]
