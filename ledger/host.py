@@ -20,10 +20,11 @@ from fastapi import APIRouter
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from eventstore import EventStore, Projection
+from eventstore import EventStore, EventStoreError, Projection
 from eventstore.notifier import Notifier
+from ledger import metrics
 from ledger.bus import connect, ensure_streams
-from ledger.relay import EventRelay
+from ledger.relay import EventRelay, relay_lag_events
 from ledger.settings import Settings
 
 _log = logging.getLogger(__name__)
@@ -142,6 +143,15 @@ class ServiceHost:
         for name, runtime in self.runtimes.items():
             checks[f"postgres:{name}"] = await _answers(runtime.store)
         return checks
+
+    async def observe(self) -> None:
+        """Refresh the gauges that are read, not pushed: each relay's lag in events."""
+        for name, runtime in self.runtimes.items():
+            try:
+                lag = await relay_lag_events(runtime.store)
+            except EventStoreError:
+                continue  # readiness reports the store; metrics keep the last value
+            metrics.relay_lag_events.labels(name).set(lag)
 
     def _database_url(self, service: Service) -> str:
         url = self.settings.database_url_for(service.name)

@@ -90,6 +90,7 @@ def _add_platform_routes(app: FastAPI) -> None:
         )
 
     @app.get("/metrics", tags=["health"], response_class=Response)
-    async def prometheus() -> Response:
+    async def prometheus(host: HostDep) -> Response:
         """Prometheus text exposition of every ledger metric."""
+        await host.observe()
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -19,6 +19,7 @@ from nats.js import JetStreamContext
 
 from eventstore import EventStore, RecordedEvent, Subscription
 from eventstore._db import Connection
+from eventstore._translate import translated_errors
 from ledger import metrics
 from ledger.bus import event_subject
 from ledger.context import CAUSATION_HEADER, CORRELATION_HEADER, TRACEPARENT_HEADER
@@ -107,12 +108,13 @@ class EventRelay:
 
 async def relay_lag_events(store: EventStore) -> int:
     """Roughly how many committed events the relay has not published (positions, not rows)."""
-    row = await store.pool.fetchrow(
-        f"select (select coalesce(max(global_position), 0) from {store.schema}.events)"
-        f" - coalesce((select global_position from {store.schema}.checkpoints"
-        "  where name = $1), 0) as lag",
-        RELAY_CHECKPOINT,
-    )
+    with translated_errors():
+        row = await store.pool.fetchrow(
+            f"select (select coalesce(max(global_position), 0) from {store.schema}.events)"
+            f" - coalesce((select global_position from {store.schema}.checkpoints"
+            "  where name = $1), 0) as lag",
+            RELAY_CHECKPOINT,
+        )
     assert row is not None
     return max(int(row["lag"]), 0)
 

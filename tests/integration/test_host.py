@@ -118,6 +118,7 @@ async def test_context_travels_from_http_to_event_to_nats(host: ServiceHost) -> 
     assert message.headers["X-Correlation-Id"] == "corr-42"
     assert message.headers["Nats-Msg-Id"] == str(event.event_id)
     assert 'ledger_http_request_seconds_count{method="POST",route="/v1/notes/{note_id}"' in metrics
+    assert 'ledger_relay_lag_events{service="notes"}' in metrics
 
 
 async def test_a_client_follows_a_stream_live_over_sse(host: ServiceHost) -> None:
