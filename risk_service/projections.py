@@ -1,0 +1,131 @@
+"""The risk service's inline read models: each account's folded state, and every decision."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any
+
+import orjson
+
+from eventstore import Projection, RecordedEvent
+from eventstore._db import Connection
+from risk_service.contracts import Limits
+from risk_service.domain import Exposure, RiskState, evolve, initial_state
+from risk_service.events import CATEGORY, account_id_of, from_recorded
+
+STATE_COLUMNS = "account_id, state, version, updated_at"
+
+
+class RiskStatesProjection(Projection):
+    """One row per account holding its folded risk state, so commands never replay."""
+
+    name = "risk_states"
+    table = "risk_states"
+    key_columns = ("account_id",)
+
+    def create_sql(self, table: str) -> str:
+        """The states table."""
+        return f"""
+            create table {table} (
+                account_id text primary key,
+                state jsonb not null,
+                version bigint not null,
+                updated_at timestamptz not null
+            )
+        """
+
+    async def apply(self, connection: Connection, table: str, event: RecordedEvent) -> None:
+        """Fold the event into its account's row."""
+        if event.category != CATEGORY:
+            return
+        account_id = account_id_of(event.stream_id)
+        row = await connection.fetchrow(
+            f"select {STATE_COLUMNS} from {table} where account_id = $1", account_id
+        )
+        state = state_from_row(row) if row is not None else initial_state(account_id)
+        state = evolve(state, from_recorded(event))
+        assert state.version == event.stream_version, "risk state row skipped an event"
+        await connection.execute(
+            f"insert into {table} ({STATE_COLUMNS}) values ($1, $2::jsonb, $3, $4)"
+            " on conflict (account_id) do update set state = excluded.state,"
+            " version = excluded.version, updated_at = excluded.updated_at",
+            account_id, orjson.dumps(state_to_json(state)).decode(), state.version,
+            event.recorded_at,
+        )
+
+
+class DecisionsProjection(Projection):
+    """Every approval and refusal, for `GET /v1/risk/decisions`."""
+
+    name = "risk_decisions"
+    table = "risk_decisions"
+    key_columns = ("global_position",)
+
+    def create_sql(self, table: str) -> str:
+        """The decisions table."""
+        return f"""
+            create table {table} (
+                global_position bigint primary key,
+                account_id text not null,
+                transfer_id text not null,
+                leg_id text not null,
+                outcome text not null,
+                reason text,
+                detail text,
+                amount_minor bigint not null,
+                currency text not null,
+                limits jsonb not null,
+                decided_at timestamptz not null
+            );
+            create index on {table} (account_id, global_position);
+            create index on {table} (outcome, global_position);
+        """
+
+    async def apply(self, connection: Connection, table: str, event: RecordedEvent) -> None:
+        """Record ExposureReserved (approved) and MovementRefused (refused)."""
+        if event.event_type not in ("ExposureReserved", "MovementRefused"):
+            return
+        data = event.data
+        is_approved = event.event_type == "ExposureReserved"
+        await connection.execute(
+            f"insert into {table} (global_position, account_id, transfer_id, leg_id, outcome,"
+            " reason, detail, amount_minor, currency, limits, decided_at)"
+            " values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, $11)",
+            event.global_position, account_id_of(event.stream_id), data["transfer_id"],
+            data["leg_id"], "approved" if is_approved else "refused", data.get("reason"),
+            data.get("detail"), data["amount_minor"], data["currency"],
+            orjson.dumps(data["limits"]).decode(), event.recorded_at,
+        )
+
+
+def state_to_json(state: RiskState) -> dict[str, Any]:
+    """The state as stored in its row."""
+    return {
+        "account_id": state.account_id,
+        "limits": state.limits.model_dump(mode="json"),
+        "blocked_reason": state.blocked_reason,
+        "open_exposures": {k: e.amount_minor for k, e in state.open_exposures.items()},
+        "outflow_by_minute": {str(k): v for k, v in state.outflow_by_minute.items()},
+        "approvals_by_second": {str(k): v for k, v in state.approvals_by_second.items()},
+        "version": state.version,
+    }
+
+
+def state_from_row(row: Any) -> RiskState:
+    """The state stored in a risk_states row."""
+    stored = orjson.loads(row["state"])
+    return RiskState(
+        account_id=stored["account_id"],
+        limits=Limits.model_validate(stored["limits"]),
+        blocked_reason=stored["blocked_reason"],
+        open_exposures=MappingProxyType(
+            {k: Exposure(k, amount) for k, amount in stored["open_exposures"].items()}
+        ),
+        outflow_by_minute=MappingProxyType(
+            {int(k): v for k, v in stored["outflow_by_minute"].items()}
+        ),
+        approvals_by_second=MappingProxyType(
+            {int(k): v for k, v in stored["approvals_by_second"].items()}
+        ),
+        version=stored["version"],
+    )
