@@ -28,6 +28,8 @@ from account_service.contracts import (
 
 MAX_OPEN_HOLDS: Final = 10_000
 """An account with more unfinished holds than this refuses new ones (a bound, STYLE 6)."""
+MAX_BALANCE_MINOR: Final = 2**63 - 1
+"""The largest balance an account may reach, pending credits included (a Postgres bigint)."""
 
 
 class Status(StrEnum):
@@ -107,6 +109,32 @@ class TooManyHolds(AccountError):
     code = "too_many_holds"
 
 
+class HoldConflict(AccountError):
+    """A hold id already open with another side, amount, transfer or kind: a caller's bug."""
+
+    code = "hold_conflict"
+
+    def __init__(self, account_id: str, hold_id: str) -> None:
+        super().__init__(
+            f"account {account_id} already has an open hold {hold_id} with other terms"
+        )
+        self.hold_id = hold_id
+
+
+class InvalidAmount(AccountError):
+    code = "invalid_amount"
+
+
+class BalanceLimitExceeded(AccountError):
+    code = "balance_limit"
+
+    def __init__(self, account_id: str) -> None:
+        super().__init__(
+            f"account {account_id} would exceed the largest balance of {MAX_BALANCE_MINOR}"
+            " minor units"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Hold:
     """An unfinished reservation for one saga leg."""
@@ -150,6 +178,8 @@ def open_account(
     """Open a new account holding one asset."""
     if state is not None:
         raise AccountAlreadyExists(account_id)
+    if overdraft_minor < 0:
+        raise InvalidAmount(f"an overdraft limit cannot be negative, got {overdraft_minor}")
     return [AccountOpened(account_id=account_id, owner=owner, currency=currency,
                           overdraft_limit_minor=overdraft_minor)]
 
@@ -159,6 +189,8 @@ def deposit(
 ) -> list[AccountEvent]:
     """Money in from outside the ledger."""
     _require_open(state)
+    _require_positive(amount_minor)
+    _require_room(state, amount_minor)
     return [Deposited(entry_id=entry_id, amount_minor=amount_minor, reference=reference)]
 
 
@@ -167,21 +199,33 @@ def withdraw(
 ) -> list[AccountEvent]:
     """Money out of the ledger; never below the overdraft limit."""
     _require_open(state)
+    _require_positive(amount_minor)
     _require_funds(state, amount_minor)
     return [Withdrawn(entry_id=entry_id, amount_minor=amount_minor, reference=reference)]
 
 
 def place_hold(state: AccountState, hold: Hold, currency: str) -> list[AccountEvent]:
-    """Reserve a debit (funds must be available) or a pending credit for a saga leg."""
+    """Reserve a debit (funds must be available) or a pending credit for a saga leg.
+
+    Placing a hold that is open already, on the same terms, is a retry and changes nothing
+    (even if the account was frozen since). The state knows only open holds: whether a hold
+    id has already ended is the adapter's to check.
+    """
+    existing = state.open_holds.get(hold.hold_id)
+    if existing is not None:
+        if existing != hold or currency != state.currency:
+            raise HoldConflict(state.account_id, hold.hold_id)
+        return []
     _require_open(state)
     if currency != state.currency:
         raise CurrencyMismatch(state.account_id, state.currency, currency)
+    _require_positive(hold.amount_minor)
     if len(state.open_holds) >= MAX_OPEN_HOLDS:
         raise TooManyHolds(f"account {state.account_id} has {MAX_OPEN_HOLDS} unfinished holds")
-    if hold.hold_id in state.open_holds:
-        return []
     if hold.side is HoldSide.DEBIT:
         _require_funds(state, hold.amount_minor)
+    else:
+        _require_room(state, hold.amount_minor)
     return [HoldPlaced(hold_id=hold.hold_id, side=hold.side, amount_minor=hold.amount_minor,
                        transfer_id=hold.transfer_id, kind=hold.kind)]
 
@@ -232,6 +276,16 @@ def _require_open(state: AccountState) -> None:
         raise AccountClosedError(state.account_id)
 
 
+def _require_positive(amount_minor: int) -> None:
+    if amount_minor <= 0:
+        raise InvalidAmount(f"an amount must be positive minor units, got {amount_minor}")
+
+
+def _require_room(state: AccountState, amount_minor: int) -> None:
+    if state.posted_minor + state.pending_credits_minor + amount_minor > MAX_BALANCE_MINOR:
+        raise BalanceLimitExceeded(state.account_id)
+
+
 def _require_funds(state: AccountState, amount_minor: int) -> None:
     if state.available_minor - amount_minor < -state.overdraft_limit_minor:
         available = state.available_minor + state.overdraft_limit_minor
@@ -263,10 +317,8 @@ def evolve(state: AccountState | None, event: AccountEvent) -> AccountState:
             return replace(state, posted_minor=state.posted_minor - event.amount_minor)
         case HoldPlaced():
             return _with_hold_placed(state, event)
-        case HoldPosted():
-            return _with_hold_ended(state, event.hold_id, is_posted=True)
-        case HoldVoided():
-            return _with_hold_ended(state, event.hold_id, is_posted=False)
+        case HoldPosted() | HoldVoided():
+            return _with_hold_ended(state, event)
         case AccountFrozen():
             return replace(state, status=Status.FROZEN)
         case AccountUnfrozen():
@@ -294,10 +346,13 @@ def _with_hold_placed(state: AccountState, event: HoldPlaced) -> AccountState:
                    pending_credits_minor=state.pending_credits_minor + hold.amount_minor)
 
 
-def _with_hold_ended(state: AccountState, hold_id: str, *, is_posted: bool) -> AccountState:
-    hold = state.open_holds.get(hold_id)
+def _with_hold_ended(state: AccountState, event: HoldPosted | HoldVoided) -> AccountState:
+    hold = state.open_holds.get(event.hold_id)
     assert hold is not None, "a hold ends once, and only after it was placed"
-    holds = MappingProxyType({k: v for k, v in state.open_holds.items() if k != hold_id})
+    assert event.amount_minor == hold.amount_minor, "a hold ends with exactly its amount"
+    assert event.side is hold.side, "a hold ends on the side it was placed"
+    is_posted = isinstance(event, HoldPosted)
+    holds = MappingProxyType({k: v for k, v in state.open_holds.items() if k != event.hold_id})
     if hold.side is HoldSide.DEBIT:
         posted = state.posted_minor - hold.amount_minor if is_posted else state.posted_minor
         return replace(state, open_holds=holds, posted_minor=posted,

@@ -20,10 +20,17 @@ from eventstore._db import Executor
 Decision = Callable[[AccountState], list[AccountEvent]]
 
 
-async def load(store: EventStore, executor: Executor, account_id: str) -> AccountState | None:
-    """The account's current state, or None when it was never opened."""
+async def load(
+    store: EventStore, executor: Executor, account_id: str, *, for_update: bool = False
+) -> AccountState | None:
+    """The account's current state, or None when it was never opened.
+
+    `for_update` locks the account's balances row until the transaction ends, so writers of
+    one account queue for it instead of racing to the append and retrying.
+    """
+    lock = " for update" if for_update else ""
     row = await executor.fetchrow(
-        f"select {BALANCE_COLUMNS} from {store.schema}.balances where account_id = $1",
+        f"select {BALANCE_COLUMNS} from {store.schema}.balances where account_id = $1{lock}",
         account_id,
     )
     state = state_from_row(row) if row is not None else None
@@ -39,9 +46,11 @@ async def load(store: EventStore, executor: Executor, account_id: str) -> Accoun
     return fold([decode(row["event_type"], orjson.loads(row["data"])) for row in rows], state)
 
 
-async def require(store: EventStore, executor: Executor, account_id: str) -> AccountState:
+async def require(
+    store: EventStore, executor: Executor, account_id: str, *, for_update: bool = False
+) -> AccountState:
     """The account's state; AccountNotFound when it does not exist."""
-    state = await load(store, executor, account_id)
+    state = await load(store, executor, account_id, for_update=for_update)
     if state is None:
         raise AccountNotFound(account_id)
     return state
@@ -61,8 +70,9 @@ async def save(
 async def decide_and_save(
     unit: UnitOfWork, account_id: str, decision: Decision
 ) -> tuple[AccountState, list[RecordedEvent]]:
-    """Load the account in the unit's transaction, decide, append; return the new state."""
-    state = await require(unit.store, unit.connection, account_id)
+    """Load (and lock) the account in the unit's transaction, decide, append; return the new
+    state. Raises AccountNotFound, the decision's AccountError, or ConcurrencyError."""
+    state = await require(unit.store, unit.connection, account_id, for_update=True)
     events = decision(state)
     recorded = await save(unit, state, account_id, events)
     return fold(events, state) or state, recorded

@@ -30,11 +30,11 @@ class Problem(Exception):
         self.extensions = extensions
 
 
-def problem_response(
+def problem_body(
     status: int, detail: str, code: str, instance: str, **extensions: Any
-) -> JSONResponse:
-    """A problem+json response."""
-    body = {
+) -> dict[str, Any]:
+    """The JSON body of a problem+json answer."""
+    return {
         "type": f"https://ledger.dev/problems/{code}",
         "title": HTTPStatus(status).phrase,
         "status": status,
@@ -43,6 +43,13 @@ def problem_response(
         "code": code,
         **extensions,
     }
+
+
+def problem_response(
+    status: int, detail: str, code: str, instance: str, **extensions: Any
+) -> JSONResponse:
+    """A problem+json response."""
+    body = problem_body(status, detail, code, instance, **extensions)
     return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE)
 
 

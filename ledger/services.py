@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from account_service.app import AccountService
 from ledger.host import Service
 
 
@@ -10,4 +11,4 @@ def available_services() -> dict[str, Service]:
 
     Domain services register here as they are built (account, risk, trade, saga).
     """
-    return {}
+    return {"account": AccountService()}

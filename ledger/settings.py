@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ledger.money import DEFAULT_MAX_AMOUNT_MINOR, DEFAULT_SCALES, Assets
 
 ServiceName = Literal["account", "risk", "trade", "saga"]
 SERVICES: tuple[ServiceName, ...] = ("account", "risk", "trade", "saga")
@@ -53,6 +55,41 @@ class Settings(BaseSettings):
     command_timeout_s: PositiveFloat = 2.0
     command_max_retries: int = Field(default=3, ge=0, le=100)
 
+    instrument_scales: dict[
+        Annotated[str, Field(pattern=r"^[A-Z][A-Z0-9]{1,11}$")], Annotated[int, Field(ge=0, le=18)]
+    ] = Field(
+        default_factory=dict,
+        description='Assets beyond the default currencies, with their decimals: {"ACME": 0}.',
+    )
+    max_amount_minor: int = Field(
+        default=DEFAULT_MAX_AMOUNT_MINOR, gt=0, le=10**18,
+        description="The largest amount one request may move, in minor units.",
+    )
+    write_conflict_attempts: int = Field(
+        default=5, ge=1, le=100,
+        description="Attempts of an HTTP write whose append meets a concurrent writer.",
+    )
+
+    risk_default_max_transfer_minor: int | None = Field(
+        default=None, ge=0, le=10**18,
+        description="Largest single movement out of an account without its own limit"
+        " (minor units of the account's currency; unset: no limit).",
+    )
+    risk_default_daily_outflow_minor: int | None = Field(
+        default=None, ge=0, le=10**18,
+        description="Most that may leave an account in 24 hours without its own limit"
+        " (minor units; unset: no limit).",
+    )
+    risk_default_max_open_exposure_minor: int | None = Field(
+        default=None, ge=0, le=10**18,
+        description="Most an account may have approved but not yet settled without its own"
+        " limit (minor units; unset: no limit).",
+    )
+    risk_max_movements_per_minute: int | None = Field(
+        default=600, ge=1, le=100_000,
+        description="Approvals per account per minute without its own limit (unset: no limit).",
+    )
+
     shutdown_grace_s: PositiveFloat = 10.0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = True
@@ -65,6 +102,10 @@ class Settings(BaseSettings):
     def schema_for(self, service: str) -> str:
         """The PostgreSQL schema that holds the service's streams and read models."""
         return f"{self.schema_prefix}{service}"
+
+    def assets(self) -> Assets:
+        """The assets the ledger accepts: the default currencies plus `instrument_scales`."""
+        return Assets({**DEFAULT_SCALES, **self.instrument_scales}, self.max_amount_minor)
 
     @property
     def nats_servers(self) -> list[str]:
