@@ -17,9 +17,10 @@ comes from `--dsn`, else LEDGER_BENCH_DATABASE_URL, else an embedded PostgreSQL 
 in a temporary directory (needs the `embedded` extra).
 
 `--diagnose` adds phases that split the cost of an append (not part of the goals): the raw
-insert into a table indexed like `events`, `append_events` called directly with pre-encoded
-arguments (no EventStore Python work), and both again on a copy of `append_events` without
-its `pg_notify`.
+insert into a table indexed like `events` (what the extra indexes cost the server), and
+`append_events` called directly on held connections with pre-encoded arguments, one event
+and `--batch` events per call (the database's share, without the EventStore's Python work
+or pool round trips). Compare their client and server CPU per event with `append`'s.
 
 Figures go to stdout, one per line, the ratio append/raw_insert last; progress to stderr.
 """
@@ -309,21 +310,6 @@ async def measure_read_all(store: EventStore, limit: int, warmup: float, seconds
 # --------------------------------------------------------------------------- the benchmark
 
 
-async def copy_without_notify(store: EventStore) -> None:
-    """Replace `append_events` in the store's (benchmark) schema by a copy without pg_notify."""
-    definition: str = await store.pool.fetchval(
-        "select pg_get_functiondef(to_regproc($1))", f"{store.schema}.append_events"
-    )
-    marker = f"perform pg_notify('{store.schema}_events', '');"
-    if marker not in definition:
-        raise RuntimeError(f"no {marker!r} in append_events; cannot make the copy")
-    await store.pool.execute(definition.replace(marker, ""))
-
-
-async def no_reset(connection: Any) -> None:
-    """A pool `reset` that skips asyncpg's default reset query (only --diagnose uses it)."""
-
-
 async def benchmark(args: argparse.Namespace, dsn: str) -> dict[str, Figure]:
     schema = f"bench_{secrets.token_hex(4)}"
     writers: int = args.writers
@@ -366,10 +352,10 @@ async def benchmark(args: argparse.Namespace, dsn: str) -> dict[str, Figure]:
 
             return create
 
-        def direct(target: EventStore) -> Callable[[], Awaitable[Figure]]:
+        def direct(target: EventStore, batch: int) -> Callable[[], Awaitable[Figure]]:
             return held(
                 lambda i, stack: direct_append_step(
-                    target.pool, target.schema, f"direct-{i}", 1, stack
+                    target.pool, target.schema, f"direct{batch}-{i}", batch, stack
                 ),
                 target.pool,
             )
@@ -380,30 +366,10 @@ async def benchmark(args: argparse.Namespace, dsn: str) -> dict[str, Figure]:
             ("append_batch100", appends(store, "batch", args.batch)),
         ]
         if args.diagnose:
-            quiet = await EventStore.open(dsn, f"{schema}_nn", pool_size=writers)
-            owned.append(quiet)
-            await copy_without_notify(quiet)
-            unreset_pool = await asyncpg.create_pool(
-                dsn, min_size=1, max_size=writers, reset=no_reset
-            )
-            unreset = EventStore(unreset_pool, schema)
-            quiet_unreset_pool = await asyncpg.create_pool(
-                dsn, min_size=1, max_size=writers, reset=no_reset
-            )
-            quiet_unreset = EventStore(quiet_unreset_pool, quiet.schema)
-            owned += [unreset, quiet_unreset]
             phases += [
                 ("diag_raw_insert_indexed_like_events", raw("raw_indexed", True)),
-                ("diag_direct_append_events", direct(store)),
-                ("diag_direct_append_events_without_notify", direct(quiet)),
-                ("diag_append_no_pool_reset", appends(unreset, "unreset", 1)),
-                ("diag_append_without_notify", appends(quiet, "bench", 1)),
-                ("diag_append_without_notify_no_pool_reset", appends(quiet_unreset, "unreset", 1)),
-                (
-                    "diag_append_batch100_no_pool_reset",
-                    appends(unreset, "unreset_batch", args.batch),
-                ),
-                ("diag_append_batch100_without_notify", appends(quiet, "batch", args.batch)),
+                ("diag_direct_append_events", direct(store, 1)),
+                ("diag_direct_append_events_batch100", direct(store, args.batch)),
             ]
         for name, phase in phases:
             figure = figures[name] = await phase()

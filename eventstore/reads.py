@@ -17,6 +17,7 @@ from eventstore.events import Direction, Position, RecordedEvent
 from eventstore.upcasting import Upcasters
 
 _loads = orjson.loads
+_new_event = tuple.__new__
 
 COLUMNS: Final = (
     "global_position, stream_id, stream_version, event_id, event_type, data, metadata,"
@@ -24,13 +25,16 @@ COLUMNS: Final = (
 )
 
 
-
 def decode(row: asyncpg.Record, upcasters: Upcasters | None = None) -> RecordedEvent:
     """Turn a row selected with COLUMNS into a RecordedEvent, upcast when upcasters are given."""
-    event = RecordedEvent(
-        row[0], row[1], row[2], row[3], row[4], _loads(row[5]), _loads(row[6]),
-        row[7], row[8], row[9], row[10],
-    )
+    position, stream, version, event_id, event_type, data, metadata, at, tx, hash_, prev = row
+    # tuple.__new__ skips the named tuple's generated __new__ (a Python-level call): reads
+    # decode ~100,000 rows a second and this is a quarter of the Python cost of each.
+    event: RecordedEvent = _new_event(
+        RecordedEvent,
+        (position, stream, version, event_id, event_type, _loads(data), _loads(metadata),
+         at, tx, hash_, prev),
+    )  # fmt: skip
     return upcasters.upcast(event) if upcasters else event
 
 
