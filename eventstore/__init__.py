@@ -19,6 +19,7 @@ from eventstore.errors import (
     MigrationError,
     StoreUnavailable,
     StreamNotFound,
+    TransientConflict,
 )
 from eventstore.events import (
     ANY,
@@ -80,6 +81,7 @@ __all__ = [
     "StoredResponse",
     "StreamNotFound",
     "Subscription",
+    "TransientConflict",
     "UnitOfWork",
     "Upcasters",
     "mark_handled",

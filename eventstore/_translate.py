@@ -14,12 +14,15 @@ from eventstore.errors import (
     DuplicateEventError,
     EventStoreError,
     StoreUnavailable,
+    TransientConflict,
 )
 
 _VERSION_MISMATCH: Final = "LE001"
 _IDS_REUSED: Final = "LE003"
 _APPEND_ONLY: Final = "LE010"
 _UNIQUE_VIOLATION: Final = "23505"
+_EVENT_ID_CONSTRAINT: Final = "events_event_id_key"
+_RETRYABLE: Final = frozenset({"40P01", "40001"})  # deadlock, serialization failure
 
 
 @contextmanager
@@ -38,8 +41,13 @@ def _translate(error: asyncpg.PostgresError, stream_id: str, expected: int) -> E
     if code == _VERSION_MISMATCH:
         detail = getattr(error, "detail", None) or "0"
         return ConcurrencyError(stream_id, expected, int(detail))
-    if code in (_IDS_REUSED, _UNIQUE_VIOLATION):
+    if code == _IDS_REUSED or (
+        code == _UNIQUE_VIOLATION
+        and getattr(error, "constraint_name", None) == _EVENT_ID_CONSTRAINT
+    ):
         return DuplicateEventError(f"append to {stream_id!r} reuses stored event ids: {error}")
+    if code in _RETRYABLE:
+        return TransientConflict(f"PostgreSQL aborted a transaction that may be retried: {error}")
     if code == _APPEND_ONLY:
         return AppendOnlyViolation(str(error))
     if isinstance(error, asyncpg.PostgresConnectionError | asyncpg.CannotConnectNowError):

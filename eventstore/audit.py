@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -40,7 +39,10 @@ async def verify_chains(store: EventStore, stream_id: str | None = None) -> Chai
     where = "where stream_id = $1" if stream_id is not None else ""
     arguments = [stream_id] if stream_id is not None else []
     with translated_errors():
-        async with store.pool.acquire() as connection, connection.transaction():
+        # One snapshot for heads and events: appends committing meanwhile are not half seen.
+        async with store.pool.acquire() as connection, connection.transaction(
+            isolation="repeatable_read", readonly=True
+        ):
             heads = {
                 row[0]: (row[1], row[2])
                 for row in await connection.fetch(
@@ -75,7 +77,7 @@ def _check_stream(
     stream_id = events[0].stream_id
     report.streams += 1
     report.events += len(events)
-    found = find_break(stream_id, _iterate(events))
+    found = find_break(stream_id, events)
     if found is None:
         found = _check_head(stream_id, events[-1], head)
     if found is not None:
@@ -94,6 +96,3 @@ def _check_head(
         return ChainBreak(stream_id, version, "head hash does not match the last event")
     return None
 
-
-def _iterate(events: list[RecordedEvent]) -> Iterator[RecordedEvent]:
-    yield from events

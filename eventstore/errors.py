@@ -22,6 +22,10 @@ class ConcurrencyError(EventStoreError):
         self.actual_version = actual_version
 
 
+class TransientConflict(EventStoreError):
+    """PostgreSQL aborted the transaction (deadlock, serialization failure): retry it whole."""
+
+
 class StreamNotFound(EventStoreError):
     """The stream has no events."""
 

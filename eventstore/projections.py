@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -18,10 +19,13 @@ import orjson
 from eventstore import reads, subscriptions
 from eventstore._db import Connection
 from eventstore._translate import translated_errors
+from eventstore.errors import EventStoreError
 from eventstore.events import START, Position, RecordedEvent
 from eventstore.store import EventStore
 
 REBUILD_BATCH_EVENTS: Final = 2_000
+LOCK_TIMEOUT_MS: Final = 10_000
+"""How long the final catch-up waits for the live table's lock before giving up."""
 
 Progress = Callable[[int], None]
 
@@ -107,29 +111,74 @@ async def rebuild(
     shadow = f"{store.schema}.{projection.table}__shadow"
     is_inline = projection in store.inline_projections
     with translated_errors():
-        async with store.pool.acquire() as connection:
+        async with store.pool.acquire() as connection, _rebuilding(connection, store, projection):
             await connection.execute(f"drop table if exists {shadow}")
             await connection.execute(projection.create_sql(shadow))
-            # A bound, or under a steady stream of appends the unlocked replay never ends.
-            if is_inline:
-                bound = await _settled_head(connection, store)
-            else:
-                bound = await _checkpoint(connection, store, projection)
-            position = await _replay(
-                connection, store, projection, shadow, START, bound, report, progress
-            )
-            async with connection.transaction():
-                position = await _hold_writers_and_catch_up(
-                    connection, store, projection, shadow, position, verify, report
+            try:
+                position = await _replay_unlocked(
+                    connection, store, projection, shadow, report, progress, is_inline
                 )
-                if verify:
-                    report.differences = await _differences(connection, projection, live, shadow)
-                    await connection.execute(f"drop table {shadow}")
-                else:
-                    await _swap(connection, store, projection, live, shadow, position, is_inline)
-                    report.swapped = True
+                async with connection.transaction():
+                    await connection.execute(f"set local lock_timeout = '{LOCK_TIMEOUT_MS}ms'")
+                    position = await _hold_writers_and_catch_up(
+                        connection, store, projection, shadow, position, verify, report
+                    )
+                    if verify:
+                        report.differences = await _differences(
+                            connection, projection, live, shadow
+                        )
+                    else:
+                        await _swap(
+                            connection, store, projection, live, shadow, position, is_inline
+                        )
+                        report.swapped = True
+            finally:
+                if not report.swapped:
+                    await connection.execute(f"drop table if exists {shadow}")
     report.elapsed_s = time.perf_counter() - started
     return report
+
+
+async def _replay_unlocked(
+    connection: Connection,
+    store: EventStore,
+    projection: Projection,
+    shadow: str,
+    report: RebuildReport,
+    progress: Progress | None,
+    is_inline: bool,
+) -> Position:
+    """Replay without locks up to a bound (else a steady stream of appends never ends it),
+    then once more to a fresh bound, so the locked catch-up only sees the last moments."""
+    if not is_inline:
+        bound = await _checkpoint(connection, store, projection)
+        return await _replay(connection, store, projection, shadow, START, bound, report, progress)
+    position = START
+    for _ in range(2):
+        bound = await _settled_head(connection, store)
+        position = await _replay(
+            connection, store, projection, shadow, position, bound, report, progress
+        )
+    return position
+
+
+@asynccontextmanager
+async def _rebuilding(
+    connection: Connection, store: EventStore, projection: Projection
+) -> AsyncIterator[None]:
+    """Hold the projection's rebuild lock: two rebuilds would drop each other's shadow."""
+    key = f"rebuild:{projection.name}"
+    if not await connection.fetchval(
+        "select pg_try_advisory_lock(hashtext($1), hashtext($2))", store.schema, key
+    ):
+        raise EventStoreError(f"a rebuild of {projection.name} is already running")
+    try:
+        yield
+    finally:
+        # Session-level lock, and the pool does not reset sessions: unlock explicitly.
+        await connection.execute(
+            "select pg_advisory_unlock(hashtext($1), hashtext($2))", store.schema, key
+        )
 
 
 async def _replay(

@@ -7,7 +7,7 @@ global_position)`, so an event that commits late is never skipped.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 import asyncpg
 import orjson
@@ -97,3 +97,15 @@ async def fetch_in_commit_order(
         *arguments,
     )
     return [decode(row, upcasters) for row in rows]
+
+
+async def fetch_by_ids(
+    executor: Executor, schema: str, event_ids: list[Any]
+) -> list[RecordedEvent]:
+    """The stored events with these ids, in stream version order."""
+    rows = await executor.fetch(
+        f"select {COLUMNS} from {schema}.events where event_id = any($1::uuid[])"
+        " order by stream_id, stream_version",
+        event_ids,
+    )
+    return [decode(row) for row in rows]

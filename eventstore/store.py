@@ -78,9 +78,13 @@ class EventStore:
                 dsn, min_size=1, max_size=pool_size, reset=_keep_session_state
             )
         store = cls(pool, schema, upcasters=upcasters, inline_projections=inline_projections)
-        await store.migrate()
-        for projection in store.inline_projections:
-            await projection.ensure_table(store)
+        try:
+            await store.migrate()
+            for projection in store.inline_projections:
+                await projection.ensure_table(store)
+        except BaseException:
+            await pool.close()
+            raise
         return store
 
     async def close(self) -> None:
@@ -106,10 +110,11 @@ class EventStore:
         if self.inline_projections:
             async with self.unit_of_work() as unit:
                 return await unit.append(stream_id, events, expected_version)
-        async with self.pool.acquire() as connection:
-            result = await _append_on(
-                connection, self.schema, stream_id, events, expected_version
-            )
+        with translated_errors(stream_id, expected_version):
+            async with self.pool.acquire() as connection:
+                result = await _append_on(
+                    connection, self.schema, stream_id, events, expected_version
+                )
         self.announcer.announce()
         return result
 
@@ -236,11 +241,10 @@ async def _append_on(
     rows = sorted(rows, key=lambda row: row["stream_version"])
     is_duplicate = rows[0]["is_duplicate"]
     if is_duplicate:
-        recorded = await reads.fetch_stream(
-            connection, schema, stream_id, from_version=rows[0]["stream_version"],
-            direction=Direction.FORWARD, limit=len(rows), upcasters=None,
-        )
-        return AppendResult(stream_id, tuple(recorded), is_duplicate=True)
+        with translated_errors(stream_id, expected_version):
+            stored = await reads.fetch_by_ids(connection, schema, ids)
+        assert [event.event_id for event in stored] == ids, "a retry returns its own events"
+        return AppendResult(stream_id, tuple(stored), is_duplicate=True)
     recorded = [
         RecordedEvent(
             row["global_position"], stream_id, row["stream_version"], event.event_id,

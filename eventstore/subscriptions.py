@@ -24,6 +24,7 @@ Handler = Callable[[Connection, Sequence[RecordedEvent]], Awaitable[None]]
 
 _log = logging.getLogger(__name__)
 _MAX_BACKOFF_S: Final = 5.0
+_FIRST_SETTLE_WAIT_S: Final = 0.01
 
 
 async def load_checkpoint(executor: Executor, schema: str, name: str) -> Position:
@@ -117,6 +118,8 @@ class Subscription:
         """Follow the store until cancelled; waits out transient errors and retries."""
         async with Notifier(self.store) as notifier:
             backoff_s = self.poll_interval_s
+            settle_wait_s = _FIRST_SETTLE_WAIT_S
+            handled_generation = notifier.generation
             while True:
                 seen = notifier.generation
                 try:
@@ -127,5 +130,15 @@ class Subscription:
                     await asyncio.sleep(backoff_s)
                     backoff_s = min(backoff_s * 2, _MAX_BACKOFF_S)
                     continue
-                if count < self.batch_size:
+                if count >= self.batch_size:
+                    continue
+                is_settled = count > 0 or seen == handled_generation
+                if is_settled or settle_wait_s >= self.poll_interval_s:
+                    handled_generation = seen
+                    settle_wait_s = _FIRST_SETTLE_WAIT_S
                     await notifier.wait_past(seen, self.poll_interval_s)
+                else:
+                    # Announced appends are not settled yet (an older transaction elsewhere is
+                    # still open): look again soon rather than at the next poll.
+                    await asyncio.sleep(settle_wait_s)
+                    settle_wait_s *= 2

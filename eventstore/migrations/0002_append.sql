@@ -58,10 +58,18 @@ begin
        or (p_expected > 0 and p_expected <> v_version) then
         select count(*) into v_found from {schema}.events e where e.event_id = any(p_event_ids);
         if v_found > 0 then
+            -- Only the very same append again is a retry: every id, in this stream, in
+            -- consecutive versions, in the order asked, with the same event types.
             if v_found <> v_count or exists (
-                select 1 from {schema}.events e
-                 where e.event_id = any(p_event_ids) and e.stream_id <> p_stream_id) then
-                raise exception 'some of these event ids are already stored, in another append'
+                select 1
+                  from unnest(p_event_ids, p_types) with ordinality as u(event_id, event_type, ord)
+                  left join {schema}.events e on e.event_id = u.event_id
+                 where e.stream_id is distinct from p_stream_id
+                    or e.event_type is distinct from u.event_type
+                    or e.stream_version - u.ord is distinct from (
+                        select min(f.stream_version) - 1 from {schema}.events f
+                         where f.event_id = any(p_event_ids))) then
+                raise exception 'these event ids are stored already, but not as this append'
                     using errcode = 'LE003';
             end if;
             return query

@@ -18,6 +18,7 @@ from eventstore.errors import MigrationError
 
 _SCHEMA_NAME: Final = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _FILE_NAME: Final = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_MIN_SERVER_MAJOR: Final = 14
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,9 @@ def load_migrations() -> list[Migration]:
 async def migrate(connection: Connection, schema: str) -> list[Migration]:
     """Bring `schema` up to the newest migration; return the migrations that ran now."""
     check_schema_name(schema)
+    # extract(epoch ...) is exact (numeric) from PostgreSQL 14 on; the hash chain relies on it.
+    if connection.get_server_version().major < _MIN_SERVER_MAJOR:
+        raise MigrationError(f"PostgreSQL {_MIN_SERVER_MAJOR} or newer is required")
     ran = []
     for migration in load_migrations():
         async with connection.transaction():

@@ -20,6 +20,7 @@ from eventstore import (
     rebuild,
 )
 from eventstore._db import Connection
+from tests.integration.settling import wait_settled
 
 GUARD_S = 30.0
 """How long a concurrent test may take before it is judged hung."""
@@ -104,7 +105,8 @@ async def append_history(store: EventStore, accounts: int = 3) -> None:
     for number in range(accounts):
         stream_id = f"account-{number}"
         await store.append(stream_id, [opened(), deposited(100 * (number + 1))], NO_STREAM)
-        await store.append(stream_id, [withdrawn(30), deposited(5)], 2)
+        result = await store.append(stream_id, [withdrawn(30), deposited(5)], 2)
+    await wait_settled(store, result.position)
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from eventstore import (
     Subscription,
 )
 from eventstore._db import Connection
+from tests.integration.settling import wait_settled
 
 GUARD_S = 10.0
 """How long a test waits for something that should happen at once, before it gives up."""
@@ -35,7 +36,8 @@ async def append_deposits(store: EventStore, streams: int, per_stream: int) -> N
     """Append `per_stream` deposits to each of `streams` accounts, one event per append."""
     for number in range(per_stream):
         for stream in range(streams):
-            await store.append(f"account-{stream}", [deposited(number)])
+            result = await store.append(f"account-{stream}", [deposited(number)])
+    await wait_settled(store, result.position)
 
 
 async def create_effects_table(store: EventStore) -> None:
@@ -196,7 +198,8 @@ async def test_a_checkpoint_is_named_and_outlives_its_subscription_object(
         return None
 
     assert await Subscription(store, "first", ignore).catch_up() == 4
-    await store.append("account-9", [deposited(9)], NO_STREAM)
+    result = await store.append("account-9", [deposited(9)], NO_STREAM)
+    await wait_settled(store, result.position)
 
     assert await Subscription(store, "first", ignore).catch_up() == 1
     assert await Subscription(store, "first", ignore).catch_up() == 0
@@ -248,7 +251,8 @@ async def test_run_is_woken_by_notify_not_by_polling(store: EventStore) -> None:
 async def test_a_category_subscription_sees_only_its_category(store: EventStore) -> None:
     await store.append("account-1", [deposited(1)], NO_STREAM)
     await store.append("transfer-1", [NewEvent("TransferRequested", {})], NO_STREAM)
-    await store.append("account-2", [deposited(2)], NO_STREAM)
+    result = await store.append("account-2", [deposited(2)], NO_STREAM)
+    await wait_settled(store, result.position)
     delivered: list[RecordedEvent] = []
 
     async def handle(_: Connection, events: Sequence[RecordedEvent]) -> None:

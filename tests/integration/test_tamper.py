@@ -6,12 +6,14 @@ import asyncpg
 import pytest
 
 from eventstore import NO_STREAM, EventStore, NewEvent, verify_chains
+from tests.integration.settling import wait_settled
 
 
 async def given_three_streams(store: EventStore) -> None:
     for number in range(1, 4):
         events = [NewEvent("Deposited", {"amount_minor": n * 100}) for n in range(1, 6)]
-        await store.append(f"account-{number}", events, NO_STREAM)
+        result = await store.append(f"account-{number}", events, NO_STREAM)
+    await wait_settled(store, result.position)
 
 
 @pytest.mark.parametrize(
