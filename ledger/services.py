@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from account_service.app import AccountService
 from ledger.host import Service
+from risk_service.app import RiskService
 
 
 def available_services() -> dict[str, Service]:
@@ -11,4 +12,4 @@ def available_services() -> dict[str, Service]:
 
     Domain services register here as they are built (account, risk, trade, saga).
     """
-    return {"account": AccountService()}
+    return {"account": AccountService(), "risk": RiskService()}

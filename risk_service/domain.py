@@ -72,13 +72,15 @@ class RiskState:
 
     def outflow_minor(self, now: datetime) -> int:
         """Committed outflow in the 24 hours up to `now`."""
+        # The bucket OUTFLOW_WINDOW_MINUTES before now's straddles the window's start: it
+        # counts whole (conservative), or outflow late in that minute would escape the limit.
         first = _minute(now) - OUTFLOW_WINDOW_MINUTES
-        return sum(amount for minute, amount in self.outflow_by_minute.items() if minute > first)
+        return sum(amount for minute, amount in self.outflow_by_minute.items() if minute >= first)
 
     def movements_last_minute(self, now: datetime) -> int:
         """Approvals in the minute up to `now`."""
-        first = _second(now) - VELOCITY_WINDOW_S
-        return sum(count for second, count in self.approvals_by_second.items() if second > first)
+        first = _second(now) - VELOCITY_WINDOW_S  # straddles the window's start: counts
+        return sum(count for second, count in self.approvals_by_second.items() if second >= first)
 
 
 def exposure_id(transfer_id: str, leg_id: str) -> str:
@@ -268,8 +270,9 @@ def _exceeds(value: int, limit: int | None) -> bool:
     return limit is not None and value > limit
 
 
-def _recent(buckets: dict[int, int], after: int) -> dict[int, int]:
-    return {key: value for key, value in buckets.items() if key > after}
+def _recent(buckets: dict[int, int], first: int) -> dict[int, int]:
+    """The buckets from `first` on: the older ones can no longer fall in any later window."""
+    return {key: value for key, value in buckets.items() if key >= first}
 
 
 def _minute(moment: datetime) -> int:

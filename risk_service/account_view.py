@@ -1,0 +1,127 @@
+"""Risk's own view of the accounts, kept from the account service's events over JetStream.
+
+Risk never reads the account schema: a durable consumer of the account lifecycle events
+(`AccountOpened`, `AccountFrozen`, `AccountUnfrozen`, `AccountClosed`) keeps the table
+`<schema>.risk_accounts` of each account's currency and status. A row changes only when an
+event is newer (by stream version) than the one it reflects, so a redelivered or late event
+changes nothing; the consumer's inbox makes each message apply once besides. The
+consumer's lag is the `ledger_consumer_lag_messages{consumer="risk-accounts"}` gauge.
+
+    await ensure_table(store)
+    consumer = account_consumer(nc, store, ConsumerOptions.from_settings(settings))
+    views = await account_views(connection, store.schema, ["a-1", "a-2"])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Final
+
+from nats.aio.client import Client
+
+from eventstore import EventStore
+from eventstore._db import Connection, Executor
+from ledger.bus import EVENTS_SUBJECT_PREFIX
+from ledger.consumers import ConsumedEvent, ConsumerHandler, ConsumerOptions, DurableConsumer
+from risk_service.domain import AccountView
+
+TABLE: Final = "risk_accounts"
+DURABLE_NAME: Final = "risk-accounts"
+ACCOUNT_STREAM_PREFIX: Final = "account-"
+ACCOUNT_EVENTS_PREFIX: Final = f"{EVENTS_SUBJECT_PREFIX}.account.account"
+"""`ledger.account.account`: where the relay publishes the account service's account events."""
+
+STATUS_AFTER: Final = {
+    "AccountOpened": "open",
+    "AccountFrozen": "frozen",
+    "AccountUnfrozen": "open",
+    "AccountClosed": "closed",
+}
+"""The status an account has after each lifecycle event; other account events are ignored."""
+
+_COLUMNS: Final = "account_id, currency, status, version, updated_at"
+
+
+async def ensure_table(store: EventStore) -> None:
+    """Create `<schema>.risk_accounts` if it does not exist; safe from many processes at once."""
+    async with store.pool.acquire() as connection, connection.transaction():
+        await connection.execute(
+            "select pg_advisory_xact_lock(hashtext($1), hashtext($2))", store.schema, TABLE
+        )
+        await connection.execute(
+            f"""
+            create table if not exists {store.schema}.{TABLE} (
+                account_id text primary key,
+                currency text,
+                status text not null,
+                version bigint not null,
+                updated_at timestamptz not null
+            )
+            """
+        )
+
+
+
+
+def account_consumer(
+    nc: Client,
+    store: EventStore,
+    options: ConsumerOptions,
+    *,
+    durable_name: str = DURABLE_NAME,
+    subject_prefix: str = ACCOUNT_EVENTS_PREFIX,
+) -> DurableConsumer:
+    """The durable consumer that keeps `risk_accounts`; call `ensure_table` before running it."""
+    # One wildcard, not the four lifecycle subjects: several filter subjects need NATS 2.10,
+    # and an older server silently ignores them and delivers the whole stream. The handler
+    # skips the other account events (each still costs an inbox row).
+    return DurableConsumer(
+        nc, store, durable_name, f"{subject_prefix}.>", _handler(store.schema), options
+    )
+
+
+def _handler(schema: str) -> ConsumerHandler:
+    async def apply(connection: Connection, event: ConsumedEvent) -> None:
+        await apply_account_event(connection, schema, event)
+
+    return apply
+
+
+async def apply_account_event(connection: Connection, schema: str, event: ConsumedEvent) -> None:
+    """Fold one account event into the view, unless the row reflects a newer one already.
+
+    The currency is kept from `AccountOpened` even when that event arrives after a later one.
+    """
+    status = STATUS_AFTER.get(event.event_type)
+    if status is None:
+        return
+    assert event.stream_id.startswith(ACCOUNT_STREAM_PREFIX), f"{event.stream_id} is no account"
+    account_id = event.stream_id.removeprefix(ACCOUNT_STREAM_PREFIX)
+    currency = event.data.get("currency") if event.event_type == "AccountOpened" else None
+    table = f"{schema}.{TABLE}"
+    await connection.execute(
+        f"insert into {table} as known ({_COLUMNS}) values ($1, $2, $3, $4, $5)"
+        " on conflict (account_id) do update set"
+        " currency = coalesce(known.currency, excluded.currency),"
+        " status = case when excluded.version > known.version"
+        "   then excluded.status else known.status end,"
+        " version = greatest(known.version, excluded.version),"
+        " updated_at = case when excluded.version > known.version"
+        "   then excluded.updated_at else known.updated_at end",
+        account_id, currency, status, event.stream_version, event.recorded_at,
+    )
+
+
+async def account_views(
+    executor: Executor, schema: str, account_ids: Iterable[str]
+) -> dict[str, AccountView]:
+    """The views of the given accounts that risk knows (opened ones); unknown ids are absent."""
+    rows = await executor.fetch(
+        f"select account_id, currency, status from {schema}.{TABLE}"
+        " where account_id = any($1::text[]) and currency is not null",
+        sorted(set(account_ids)),
+    )
+    return {
+        row["account_id"]: AccountView(row["account_id"], row["currency"], row["status"])
+        for row in rows
+    }
