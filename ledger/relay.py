@@ -66,6 +66,7 @@ class EventRelay:
         self.service = service
         self.stream = settings.events_stream
         self.ack_timeout_s = settings.relay_ack_timeout_s
+        self._is_recovering = False
         self.subscription = Subscription(
             store,
             RELAY_CHECKPOINT,
@@ -84,20 +85,43 @@ class EventRelay:
         return await self.subscription.catch_up()
 
     async def _publish(self, _: Connection, events: Sequence[RecordedEvent]) -> None:
+        if self._is_recovering:
+            await self._publish_one_by_one(events)
+            self._is_recovering = False
+        else:
+            try:
+                await self._publish_pipelined(events)
+            except BaseException:
+                # Some of the batch may be stored and some not: pipelining the retry could
+                # store a lost event after a later one of its stream. Go one by one instead.
+                self._is_recovering = True
+                raise
+        self._observe(events)
+
+    async def _publish_pipelined(self, events: Sequence[RecordedEvent]) -> None:
         acks: list[asyncio.Future[Any]] = []
-        for event in events:
-            body, headers = event_message(event)
-            subject = event_subject(self.service, event.category, event.event_type)
-            acks.append(
-                await self.js.publish_async(subject, body, headers=headers, stream=self.stream)
-            )
         try:
+            for event in events:
+                acks.append(await self._publish_async(event))
             await asyncio.wait_for(asyncio.gather(*acks), timeout=self.ack_timeout_s)
         except BaseException:
             for ack in acks:
                 ack.cancel()
             raise
-        self._observe(events)
+
+    async def _publish_one_by_one(self, events: Sequence[RecordedEvent]) -> None:
+        for event in events:
+            ack = await self._publish_async(event)
+            try:
+                await asyncio.wait_for(ack, timeout=self.ack_timeout_s)
+            except BaseException:
+                ack.cancel()
+                raise
+
+    async def _publish_async(self, event: RecordedEvent) -> asyncio.Future[Any]:
+        body, headers = event_message(event)
+        subject = event_subject(self.service, event.category, event.event_type)
+        return await self.js.publish_async(subject, body, headers=headers, stream=self.stream)
 
     def _observe(self, events: Sequence[RecordedEvent]) -> None:
         metrics.relay_published_events.labels(self.service).inc(len(events))
