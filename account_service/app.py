@@ -10,7 +10,7 @@ from fastapi import APIRouter
 from account_service.api import router as api_router
 from account_service.commands import register_commands
 from account_service.events import CATEGORY
-from account_service.projections import BalancesProjection, EntriesProjection
+from account_service.projections import BalancesProjection, EntriesProjection, HoldsProjection
 from eventstore import Projection
 from ledger.commands import CommandService
 from ledger.host import Runtime
@@ -28,9 +28,10 @@ class AccountService:
         self._commands: CommandService | None = None
 
     def inline_projections(self) -> Sequence[Projection]:
-        """Balances (the accounts' folded state) and entries (their history), both written
-        in the append's transaction, so reads after a write see it."""
-        return (BalancesProjection(), EntriesProjection())
+        """Balances (the accounts' folded state), entries (their history) and holds (how
+        each hold stands), all written in the append's transaction, so reads after a write
+        see it."""
+        return (BalancesProjection(), EntriesProjection(), HoldsProjection())
 
     def router(self) -> APIRouter:
         """The `/v1/accounts` routes."""

@@ -9,19 +9,24 @@ queue instead of failing on a version conflict, and never deadlock. An account a
 several legs is loaded once, each leg is decided against the state the earlier legs left,
 and its events are appended once. A domain refusal becomes a `CommandRefused` with the
 error's `code`, which rolls the whole command back: all legs or none.
+
+An account's state knows only its open holds; how the others ended (posted, voided, or
+cancelled by a void that arrived before its reserve) is read from the inline `holds` table
+after the accounts are locked, and handed to the domain's decisions.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from enum import StrEnum
 from functools import partial
+from types import MappingProxyType
 from typing import Any, Final
 
 from account_service import repository
 from account_service.contracts import (
     AccountEvent,
     HoldSide,
+    HoldVoided,
     Leg,
     LegsDone,
     PostLegs,
@@ -33,14 +38,18 @@ from account_service.domain import (
     AccountError,
     AccountNotFound,
     AccountState,
+    EndedHolds,
     Hold,
+    HoldConflict,
+    HoldEnded,
+    HoldNotOpen,
+    HoldStatus,
     InsufficientFunds,
     fold,
     place_hold,
     post_hold,
     void_hold,
 )
-from account_service.events import stream_of
 from eventstore import UnitOfWork
 from ledger.commands import CommandRefused, CommandService
 from ledger.money import AmountError, Assets
@@ -49,14 +58,6 @@ RESERVE: Final = "reserve"
 POST: Final = "post"
 VOID: Final = "void"
 _SIDES: Final = (HoldSide.DEBIT, HoldSide.CREDIT)
-
-
-class HoldEnd(StrEnum):
-    """How a hold that is no longer open ended, if it ever existed."""
-
-    POSTED = "posted"
-    VOIDED = "voided"
-    NEVER_PLACED = "never_placed"
 
 
 def register_commands(service: CommandService, assets: Assets) -> None:
@@ -75,17 +76,20 @@ async def reserve_legs(command: ReserveLegs, unit: UnitOfWork, assets: Assets) -
 
     Raises CommandRefused: `unknown_currency`, `same_account`, `duplicate_leg`, or the code
     of the domain's refusal (`insufficient_funds`, `account_frozen`, `account_closed`,
-    `currency_mismatch`, `unknown_account`, ...). A hold already open on the same terms is
-    a retry and is left as it is.
+    `currency_mismatch`, `unknown_account`, `hold_ended` for a hold that was posted, voided
+    or cancelled, `hold_conflict`, ...). A hold already open on the same terms is a retry
+    and is left as it is.
     """
     _check_legs(command.legs, assets)
     accounts = await _Accounts.load(unit, _accounts_of(command.legs))
+    ended = await _ended_holds(unit, command.transfer_id, command.legs)
     placed: list[str] = []
     for leg in command.legs:
         for side in _SIDES:
             hold = _hold_of(command.transfer_id, leg, side)
             account_id = _account_on(leg, side)
-            accounts.decide(account_id, leg, partial(place_hold, hold=hold, currency=leg.currency))
+            accounts.decide(account_id, leg, partial(place_hold, hold=hold, currency=leg.currency,
+                                                     ended=ended))
             placed.append(hold.hold_id)
     await accounts.save()
     return LegsDone(transfer_id=command.transfer_id, hold_ids=tuple(placed))
@@ -95,39 +99,40 @@ async def post_legs(command: PostLegs, unit: UnitOfWork) -> LegsDone:
     """Post both holds of every leg: the payer's debit and the payee's credit, exactly.
 
     A hold that was posted already is a retry and is skipped. Raises CommandRefused
-    `hold_voided` or `hold_not_found` for a hold that cannot be posted, `hold_conflict` when
-    the open hold's amount is not the leg's, `unknown_account`.
+    `hold_voided` for a hold voided (or cancelled by a void that came first), `hold_not_found`
+    for one never placed, `hold_conflict` when the open hold's amount is not the leg's or
+    its id is on another account, `unknown_account`.
     """
     _check_distinct(command.legs)
     accounts = await _Accounts.load(unit, _accounts_of(command.legs))
+    ended = await _ended_holds(unit, command.transfer_id, command.legs)
     posted: list[str] = []
     for leg in command.legs:
         for side in _SIDES:
             account_id = _account_on(leg, side)
             id_of_hold = hold_id(command.transfer_id, leg.leg_id, side)
             hold = accounts.state(account_id).open_holds.get(id_of_hold)
-            if hold is None:
-                end = await _hold_end(unit, account_id, id_of_hold)
-                if end is not HoldEnd.POSTED:
-                    raise _refused_hold(end, account_id, leg, id_of_hold)
-            else:
+            if hold is not None:
                 _check_terms(hold, leg, account_id)
-                accounts.decide(account_id, leg, partial(post_hold, hold_id=id_of_hold))
+            accounts.decide(account_id, leg, partial(post_hold, hold_id=id_of_hold, ended=ended))
             posted.append(id_of_hold)
     await accounts.save()
     return LegsDone(transfer_id=command.transfer_id, hold_ids=tuple(posted))
 
 
 async def void_legs(command: VoidLegs, unit: UnitOfWork) -> LegsDone:
-    """Release the open holds of every leg; those never placed or voided already are fine.
+    """Release the open holds of every leg; cancel those never placed, so that a reserve
+    arriving late (after its saga gave up on it) is refused instead of holding money forever.
 
-    This is the compensation of a reserve, which may have failed part way or never reached
-    an account (an unknown account has nothing to release). The reply lists the holds this
-    command released. Raises CommandRefused `hold_posted` when a hold was posted: past the
-    pivot, money is never unposted.
+    This is the compensation of a reserve, which may have failed part way, not arrived yet,
+    or never reached an account (an unknown account has nothing to release or cancel). A
+    hold voided or cancelled already is fine. The reply lists the holds this command
+    released. Raises CommandRefused `hold_posted` when a hold was posted: past the pivot,
+    money is never unposted; `hold_conflict` for a hold id on another account than the leg's.
     """
     _check_distinct(command.legs)
     accounts = await _Accounts.load(unit, _accounts_of(command.legs), missing_ok=True)
+    ended = await _ended_holds(unit, command.transfer_id, command.legs)
     voided: list[str] = []
     for leg in command.legs:
         for side in _SIDES:
@@ -135,11 +140,10 @@ async def void_legs(command: VoidLegs, unit: UnitOfWork) -> LegsDone:
             if not accounts.exists(account_id):
                 continue
             id_of_hold = hold_id(command.transfer_id, leg.leg_id, side)
-            if id_of_hold in accounts.state(account_id).open_holds:
-                accounts.decide(account_id, leg, partial(void_hold, hold_id=id_of_hold))
+            decision = partial(void_hold, hold_id=id_of_hold, side=side,
+                               transfer_id=command.transfer_id, ended=ended)
+            if any(isinstance(e, HoldVoided) for e in accounts.decide(account_id, leg, decision)):
                 voided.append(id_of_hold)
-            elif await _hold_end(unit, account_id, id_of_hold) is HoldEnd.POSTED:
-                raise _refused_hold(HoldEnd.POSTED, account_id, leg, id_of_hold)
     await accounts.save()
     return LegsDone(transfer_id=command.transfer_id, hold_ids=tuple(voided))
 
@@ -180,8 +184,9 @@ class _Accounts:
 
     def decide(
         self, account_id: str, leg: Leg, decision: Callable[[AccountState], list[AccountEvent]]
-    ) -> None:
-        """Apply `decision` to the account's current state; a domain refusal refuses all."""
+    ) -> list[AccountEvent]:
+        """Apply `decision` to the account's current state and return its events; a domain
+        refusal refuses all."""
         state = self._states[account_id]
         try:
             events = decision(state)
@@ -189,6 +194,7 @@ class _Accounts:
             raise _refusal(error, account_id, leg) from error
         self._events[account_id].extend(events)
         self._states[account_id] = fold(events, state) or state
+        return events
 
     async def save(self) -> None:
         """Append each account's new events once, in account id order (the lock order)."""
@@ -236,36 +242,36 @@ def _check_terms(hold: Hold, leg: Leg, account_id: str) -> None:
         )
 
 
-async def _hold_end(unit: UnitOfWork, account_id: str, id_of_hold: str) -> HoldEnd:
-    """How a hold that is not open ended, from the account's stream.
+async def _ended_holds(unit: UnitOfWork, transfer_id: str, legs: Sequence[Leg]) -> EndedHolds:
+    """How the legs' holds that are no longer open ended, from the holds read model.
 
-    Reads the stream's hold events; this runs only off the usual path (a retried post, a
-    void after a failed reserve), so it is not worth an index of its own.
+    Read after the legs' accounts are locked: a hold's row changes only with an append to
+    its account, so it agrees with the states loaded (and the append's version check would
+    refuse it if not). Raises CommandRefused `hold_conflict` for a hold id that lives on
+    another account than the one its leg names (a caller's bug: a hold id is one leg's).
     """
-    event_type = await unit.connection.fetchval(
-        f"select event_type from {unit.store.schema}.events where stream_id = $1"
-        " and event_type in ('HoldPosted', 'HoldVoided') and data->>'hold_id' = $2"
-        " order by stream_version desc limit 1",
-        stream_of(account_id),
-        id_of_hold,
+    expected = {
+        hold_id(transfer_id, leg.leg_id, side): (leg, _account_on(leg, side))
+        for leg in legs for side in _SIDES
+    }
+    rows = await unit.connection.fetch(
+        f"select hold_id, account_id, status from {unit.store.schema}.holds"
+        " where hold_id = any($1::text[])",
+        list(expected),
     )
-    if event_type == "HoldPosted":
-        return HoldEnd.POSTED
-    if event_type == "HoldVoided":
-        return HoldEnd.VOIDED
-    return HoldEnd.NEVER_PLACED
-
-
-def _refused_hold(end: HoldEnd, account_id: str, leg: Leg, id_of_hold: str) -> CommandRefused:
-    code, what = {
-        HoldEnd.POSTED: ("hold_posted", "was posted: money is never unposted"),
-        HoldEnd.VOIDED: ("hold_voided", "was voided and cannot be posted"),
-        HoldEnd.NEVER_PLACED: ("hold_not_found", "was never placed"),
-    }[end]
-    return CommandRefused(
-        code, f"hold {id_of_hold} on account {account_id} {what}",
-        {"account_id": account_id, "leg_id": leg.leg_id, "hold_id": id_of_hold},
-    )
+    ended: dict[str, HoldStatus] = {}
+    for row in rows:
+        leg, account_id = expected[row["hold_id"]]
+        if row["account_id"] != account_id:
+            raise CommandRefused(
+                HoldConflict.code,
+                f"hold {row['hold_id']} is on account {row['account_id']}, not {account_id}",
+                {"account_id": account_id, "leg_id": leg.leg_id, "hold_id": row["hold_id"]},
+            )
+        status = HoldStatus(row["status"])
+        if status is not HoldStatus.OPEN:
+            ended[row["hold_id"]] = status
+    return MappingProxyType(ended)
 
 
 def _refusal(error: AccountError, account_id: str, leg: Leg | None) -> CommandRefused:
@@ -276,6 +282,8 @@ def _refusal(error: AccountError, account_id: str, leg: Leg | None) -> CommandRe
     if isinstance(error, InsufficientFunds):
         details["needed_minor"] = error.needed_minor
         details["available_minor"] = error.available_minor
+    if isinstance(error, HoldNotOpen | HoldEnded | HoldConflict):
+        details["hold_id"] = error.hold_id
     return CommandRefused(error.code, str(error), details)
 
 

@@ -98,6 +98,15 @@ class HoldVoided(AccountEvent):
     transfer_id: str
 
 
+class HoldCancelled(AccountEvent):
+    """This hold id will never be placed: its void came first (a late reserve is refused)."""
+
+    event_type: ClassVar[str] = "HoldCancelled"
+    hold_id: str
+    side: HoldSide
+    transfer_id: str
+
+
 class AccountFrozen(AccountEvent):
     event_type: ClassVar[str] = "AccountFrozen"
     reason: str | None = None
@@ -115,7 +124,7 @@ EVENT_TYPES: dict[str, type[AccountEvent]] = {
     model.event_type: model
     for model in (
         AccountOpened, Deposited, Withdrawn, HoldPlaced, HoldPosted, HoldVoided,
-        AccountFrozen, AccountUnfrozen, AccountClosed,
+        HoldCancelled, AccountFrozen, AccountUnfrozen, AccountClosed,
     )
 }
 
@@ -147,7 +156,7 @@ class PostLegs(Command):
 
 
 class VoidLegs(Command):
-    """Release the holds of every leg of `transfer_id` (those that exist)."""
+    """Release the holds of every leg of `transfer_id`; cancel those never placed."""
 
     transfer_id: Identifier
     legs: tuple[Leg, ...] = Field(min_length=1, max_length=8)

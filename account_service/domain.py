@@ -6,10 +6,11 @@ follow, or raises a named error a person can act on (DESIGN 3, STYLE 1, 15).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Final
+from typing import Final, TypeAlias
 
 from account_service.contracts import (
     AccountClosed,
@@ -18,6 +19,7 @@ from account_service.contracts import (
     AccountOpened,
     AccountUnfrozen,
     Deposited,
+    HoldCancelled,
     HoldPlaced,
     HoldPosted,
     HoldSide,
@@ -36,6 +38,23 @@ class Status(StrEnum):
     OPEN = "open"
     FROZEN = "frozen"
     CLOSED = "closed"
+
+
+class HoldStatus(StrEnum):
+    """Where a hold id stands: open, or how it ended (cancelled: voided before it was placed)."""
+
+    OPEN = "open"
+    POSTED = "posted"
+    VOIDED = "voided"
+    CANCELLED = "cancelled"
+
+
+EndedHolds: TypeAlias = Mapping[str, HoldStatus]
+"""Hold id -> how it ended, for the hold ids a decision touches (never OPEN).
+
+The state keeps only open holds, so that it stays bounded; the adapter looks up how the
+others ended (the holds read model) and passes it in.
+"""
 
 
 class AccountError(Exception):
@@ -96,13 +115,43 @@ class CannotClose(AccountError):
 
 
 class HoldNotOpen(AccountError):
-    """The hold does not exist or has already ended: the adapter decides if that is a retry."""
+    """The hold cannot be posted or voided: it was never placed, or it ended otherwise."""
 
     code = "hold_not_open"
+    what = "is not open"
 
     def __init__(self, account_id: str, hold_id: str) -> None:
-        super().__init__(f"account {account_id} has no open hold {hold_id}")
+        super().__init__(f"hold {hold_id} on account {account_id} {self.what}")
         self.hold_id = hold_id
+
+
+class HoldNotFound(HoldNotOpen):
+    code = "hold_not_found"
+    what = "was never placed"
+
+
+class HoldAlreadyVoided(HoldNotOpen):
+    code = "hold_voided"
+    what = "was voided (or cancelled before it was placed) and cannot be posted"
+
+
+class HoldAlreadyPosted(HoldNotOpen):
+    code = "hold_posted"
+    what = "was posted: money is never unposted"
+
+
+class HoldEnded(AccountError):
+    """A hold id that was posted, voided or cancelled is never placed again (DESIGN 3)."""
+
+    code = "hold_ended"
+
+    def __init__(self, account_id: str, hold_id: str, status: HoldStatus) -> None:
+        super().__init__(
+            f"hold {hold_id} on account {account_id} has ended ({status.value}):"
+            " a hold is placed once and ends once"
+        )
+        self.hold_id = hold_id
+        self.status = status
 
 
 class TooManyHolds(AccountError):
@@ -204,18 +253,24 @@ def withdraw(
     return [Withdrawn(entry_id=entry_id, amount_minor=amount_minor, reference=reference)]
 
 
-def place_hold(state: AccountState, hold: Hold, currency: str) -> list[AccountEvent]:
+def place_hold(
+    state: AccountState, hold: Hold, currency: str, *, ended: EndedHolds
+) -> list[AccountEvent]:
     """Reserve a debit (funds must be available) or a pending credit for a saga leg.
 
     Placing a hold that is open already, on the same terms, is a retry and changes nothing
-    (even if the account was frozen since). The state knows only open holds: whether a hold
-    id has already ended is the adapter's to check.
+    (even if the account was frozen since). A hold id in `ended` (posted, voided, or
+    cancelled by a void that came first) raises HoldEnded: a hold is placed once.
     """
     existing = state.open_holds.get(hold.hold_id)
     if existing is not None:
+        _assert_not_ended(ended, hold.hold_id)
         if existing != hold or currency != state.currency:
             raise HoldConflict(state.account_id, hold.hold_id)
         return []
+    status = ended.get(hold.hold_id)
+    if status is not None:
+        raise HoldEnded(state.account_id, hold.hold_id, _ended_status(status))
     _require_open(state)
     if currency != state.currency:
         raise CurrencyMismatch(state.account_id, state.currency, currency)
@@ -230,18 +285,48 @@ def place_hold(state: AccountState, hold: Hold, currency: str) -> list[AccountEv
                        transfer_id=hold.transfer_id, kind=hold.kind)]
 
 
-def post_hold(state: AccountState, hold_id: str) -> list[AccountEvent]:
-    """Turn an open hold into a posted movement of exactly its amount (even when frozen)."""
-    hold = _open_hold(state, hold_id)
-    return [HoldPosted(hold_id=hold.hold_id, side=hold.side, amount_minor=hold.amount_minor,
-                       transfer_id=hold.transfer_id, kind=hold.kind)]
+def post_hold(state: AccountState, hold_id: str, *, ended: EndedHolds) -> list[AccountEvent]:
+    """Turn an open hold into a posted movement of exactly its amount (even when frozen).
+
+    Posting a posted hold is a retry and changes nothing. Raises HoldAlreadyVoided for a
+    hold voided or cancelled, HoldNotFound for one never placed.
+    """
+    hold = state.open_holds.get(hold_id)
+    if hold is not None:
+        _assert_not_ended(ended, hold_id)
+        return [HoldPosted(hold_id=hold.hold_id, side=hold.side, amount_minor=hold.amount_minor,
+                           transfer_id=hold.transfer_id, kind=hold.kind)]
+    status = ended.get(hold_id)
+    if status is None:
+        raise HoldNotFound(state.account_id, hold_id)
+    if _ended_status(status) is HoldStatus.POSTED:
+        return []
+    raise HoldAlreadyVoided(state.account_id, hold_id)
 
 
-def void_hold(state: AccountState, hold_id: str) -> list[AccountEvent]:
-    """Release an open hold (even when frozen); no money moves."""
-    hold = _open_hold(state, hold_id)
-    return [HoldVoided(hold_id=hold.hold_id, side=hold.side, amount_minor=hold.amount_minor,
-                       transfer_id=hold.transfer_id)]
+def void_hold(
+    state: AccountState, hold_id: str, side: HoldSide, transfer_id: str, *, ended: EndedHolds
+) -> list[AccountEvent]:
+    """Release an open hold (even when frozen); no money moves.
+
+    The compensation of a reserve, which may have failed, or not have arrived yet: a hold id
+    never placed is cancelled (HoldCancelled), so that a late reserve is refused, except on
+    a closed account, which takes no hold anyway. Voiding a hold voided or cancelled is a
+    retry and changes nothing. Raises HoldAlreadyPosted for a posted hold.
+    """
+    hold = state.open_holds.get(hold_id)
+    if hold is not None:
+        _assert_not_ended(ended, hold_id)
+        return [HoldVoided(hold_id=hold.hold_id, side=hold.side, amount_minor=hold.amount_minor,
+                           transfer_id=hold.transfer_id)]
+    status = ended.get(hold_id)
+    if status is None:
+        if state.status is Status.CLOSED:
+            return []
+        return [HoldCancelled(hold_id=hold_id, side=side, transfer_id=transfer_id)]
+    if _ended_status(status) is HoldStatus.POSTED:
+        raise HoldAlreadyPosted(state.account_id, hold_id)
+    return []
 
 
 def freeze(state: AccountState, reason: str | None) -> list[AccountEvent]:
@@ -292,11 +377,13 @@ def _require_funds(state: AccountState, amount_minor: int) -> None:
         raise InsufficientFunds(state.account_id, amount_minor, available)
 
 
-def _open_hold(state: AccountState, hold_id: str) -> Hold:
-    hold = state.open_holds.get(hold_id)
-    if hold is None:
-        raise HoldNotOpen(state.account_id, hold_id)
-    return hold
+def _ended_status(status: HoldStatus) -> HoldStatus:
+    assert status is not HoldStatus.OPEN, "ended holds list only holds that ended"
+    return status
+
+
+def _assert_not_ended(ended: EndedHolds, hold_id: str) -> None:
+    assert hold_id not in ended, f"hold {hold_id} is open and ended at once"
 
 
 # --- the fold --------------------------------------------------------------------------
@@ -319,6 +406,10 @@ def evolve(state: AccountState | None, event: AccountEvent) -> AccountState:
             return _with_hold_placed(state, event)
         case HoldPosted() | HoldVoided():
             return _with_hold_ended(state, event)
+        case HoldCancelled():
+            # Nothing was reserved, so nothing is released; the holds read model remembers it.
+            assert event.hold_id not in state.open_holds, "a placed hold is voided, not cancelled"
+            return state
         case AccountFrozen():
             return replace(state, status=Status.FROZEN)
         case AccountUnfrozen():

@@ -1,19 +1,30 @@
-"""The account service's read models, both inline (written in the append's transaction).
+"""The account service's read models, all inline (written in the append's transaction).
 
 `balances`: one row per account with everything the aggregate needs, so a command loads an
 account with one row read instead of replaying its stream. `entries`: every posted movement
-with its running balance, for history and statements.
+with its running balance, for history and statements. `holds`: every hold id ever placed
+or cancelled and how it stands, so the saga commands know how a hold that is no longer
+open ended (the account's state keeps only open holds, to stay bounded).
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from types import MappingProxyType
 from typing import Any, cast
 
 import orjson
 
-from account_service.contracts import EntryKind, HoldSide, MovementKind
-from account_service.domain import AccountState, Hold, Status, evolve
+from account_service.contracts import (
+    EntryKind,
+    HoldCancelled,
+    HoldPlaced,
+    HoldPosted,
+    HoldSide,
+    HoldVoided,
+    MovementKind,
+)
+from account_service.domain import AccountState, Hold, HoldStatus, Status, evolve
 from account_service.events import account_id_of, from_recorded
 from eventstore import Projection, RecordedEvent
 from eventstore._db import Connection
@@ -118,6 +129,67 @@ class EntriesProjection(Projection):
             event.global_position, account_id, entry_id, kind, amount_minor,
             (previous or 0) + amount_minor, transfer_id, reference, event.recorded_at,
         )
+
+
+class HoldsProjection(Projection):
+    """One row per hold id: its account, terms and status (open, posted, voided, cancelled).
+
+    A cancelled hold was voided before it was ever placed: it has no amount.
+    """
+
+    name = "holds"
+    table = "holds"
+    key_columns = ("hold_id",)
+
+    def create_sql(self, table: str) -> str:
+        """The holds table."""
+        return f"""
+            create table {table} (
+                hold_id text primary key,
+                account_id text not null,
+                side text not null,
+                amount_minor bigint,
+                transfer_id text not null,
+                status text not null,
+                updated_at timestamptz not null
+            );
+        """
+
+    async def apply(self, connection: Connection, table: str, event: RecordedEvent) -> None:
+        """Insert a hold when placed or cancelled; mark it posted or voided when it ends."""
+        if not event.stream_id.startswith("account-") or not event.event_type.startswith("Hold"):
+            return
+        account_id = account_id_of(event.stream_id)
+        match from_recorded(event):
+            case HoldPlaced() | HoldCancelled() as started:
+                await _insert_hold(connection, table, account_id, started, event.recorded_at)
+            case HoldPosted() | HoldVoided() as ended:
+                status = HoldStatus.POSTED if isinstance(ended, HoldPosted) else HoldStatus.VOIDED
+                result = await connection.execute(
+                    f"update {table} set status = $3, updated_at = $4"
+                    " where hold_id = $1 and account_id = $2 and status = 'open'",
+                    ended.hold_id, account_id, status.value, event.recorded_at,
+                )
+                assert result == "UPDATE 1", "a hold ends once, and only after it was placed"
+
+
+async def _insert_hold(
+    connection: Connection, table: str, account_id: str, started: HoldPlaced | HoldCancelled,
+    recorded_at: datetime,
+) -> None:
+    if isinstance(started, HoldPlaced):
+        amount_minor: int | None = started.amount_minor
+        status = HoldStatus.OPEN
+    else:
+        amount_minor, status = None, HoldStatus.CANCELLED
+    # No "on conflict": a hold id is placed or cancelled once, on one account, and the
+    # primary key refuses a second one loudly.
+    await connection.execute(
+        f"insert into {table} (hold_id, account_id, side, amount_minor, transfer_id, status,"
+        " updated_at) values ($1, $2, $3, $4, $5, $6, $7)",
+        started.hold_id, account_id, started.side.value, amount_minor, started.transfer_id,
+        status.value, recorded_at,
+    )
 
 
 def state_from_row(row: Any) -> AccountState:

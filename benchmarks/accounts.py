@@ -38,10 +38,10 @@ from pathlib import Path
 from typing import Final
 
 from account_service import repository
+from account_service.app import AccountService
 from account_service.commands import post_legs, register_commands, reserve_legs
 from account_service.contracts import Leg, LegsDone, PostLegs, ReserveLegs
 from account_service.domain import deposit, open_account
-from account_service.projections import BalancesProjection, EntriesProjection
 from eventstore import EventStore, NewEvent
 from ledger.bus import connect
 from ledger.commands import CommandClient, CommandRefused, CommandService
@@ -171,7 +171,7 @@ def nats_pair(client: CommandClient, service_name: str) -> Pair:
 
 async def benchmark(args: argparse.Namespace, dsn: str, nats_url: str) -> dict[str, float]:
     schema = f"bench_{secrets.token_hex(4)}"
-    projections = (BalancesProjection(), EntriesProjection())
+    projections = AccountService().inline_projections()
     store = await EventStore.open(
         dsn, schema, pool_size=args.callers + 8, inline_projections=projections
     )

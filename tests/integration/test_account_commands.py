@@ -16,8 +16,8 @@ from account_service import repository
 from account_service.commands import register_commands, reserve_legs
 from account_service.contracts import Leg, LegsDone, PostLegs, ReserveLegs, VoidLegs
 from account_service.domain import AccountState, deposit, freeze, open_account
-from account_service.projections import BalancesProjection, EntriesProjection
-from eventstore import ConcurrencyError, EventStore
+from account_service.projections import BalancesProjection, EntriesProjection, HoldsProjection
+from eventstore import ConcurrencyError, EventStore, Projection, rebuild
 from ledger.bus import connect
 from ledger.commands import CommandClient, CommandRefused, CommandService
 from ledger.context import bound, new_context
@@ -27,7 +27,7 @@ from ledger.money import Assets
 @pytest.fixture
 async def accounts(pool: asyncpg.Pool, schema: str) -> EventStore:
     """A store with the account service's inline projections (the repository reads them)."""
-    projections = (BalancesProjection(), EntriesProjection())
+    projections = (BalancesProjection(), EntriesProjection(), HoldsProjection())
     created = EventStore(pool, schema, inline_projections=projections)
     await created.migrate()
     for projection in projections:
@@ -116,6 +116,15 @@ def leg(from_account: str, to_account: str, amount_minor: int, leg_id: str = "l1
         currency: str = "USD") -> Leg:
     return Leg(leg_id=leg_id, from_account=from_account, to_account=to_account,
                amount_minor=amount_minor, currency=currency)
+
+
+async def holds_of(store: EventStore, transfer_id: str) -> dict[str, tuple[str, str]]:
+    """Hold id -> (account id, status), from the holds read model."""
+    rows = await store.pool.fetch(
+        f"select hold_id, account_id, status from {store.schema}.holds where transfer_id = $1",
+        transfer_id,
+    )
+    return {row["hold_id"]: (row["account_id"], row["status"]) for row in rows}
 
 
 async def refusal_of(sending: Any) -> CommandRefused:
@@ -410,3 +419,118 @@ async def test_concurrent_deposits_and_reserves_on_one_account_lose_no_update(
     deposits_minor = sum(1 + i for i in range(20)) + 20
     assert hot.posted_minor == 1_000 + deposits_minor - sum(10 + i for i in range(20))
     assert (hot.pending_debits_minor, len(hot.open_holds)) == (0, 0)
+
+
+# --- a hold is placed once and ends once -----------------------------------------------
+
+
+async def test_reserve_again_after_post_is_refused_and_money_moves_once(
+    accounts: EventStore, saga: Saga
+) -> None:
+    await opened(accounts, "a", 100)
+    await opened(accounts, "b")
+    await saga.reserve("t1", leg("a", "b", 30))
+    await saga.post("t1", leg("a", "b", 30))
+
+    refused = await refusal_of(saga.reserve("t1", leg("a", "b", 30)))  # a new command id
+    reposted = await saga.post("t1", leg("a", "b", 30))
+
+    assert refused.code == "hold_ended"
+    assert refused.details == {"account_id": "a", "leg_id": "l1", "hold_id": "t1:l1:debit"}
+    assert reposted.hold_ids == ("t1:l1:debit", "t1:l1:credit")
+    payer, payee = await state_of(accounts, "a"), await state_of(accounts, "b")
+    assert (payer.posted_minor, payer.pending_debits_minor, len(payer.open_holds)) == (70, 0, 0)
+    assert (payee.posted_minor, payee.pending_credits_minor, len(payee.open_holds)) == (30, 0, 0)
+    for account_id in ("a", "b"):
+        types = await event_types(accounts, account_id)
+        assert (types.count("HoldPlaced"), types.count("HoldPosted")) == (1, 1)
+
+
+async def test_reserve_again_after_void_is_refused(accounts: EventStore, saga: Saga) -> None:
+    await opened(accounts, "a", 100)
+    await opened(accounts, "b")
+    await saga.reserve("t1", leg("a", "b", 30))
+    await saga.void("t1", leg("a", "b", 30))
+
+    refused = await refusal_of(saga.reserve("t1", leg("a", "b", 30)))
+
+    assert refused.code == "hold_ended"
+    assert (await state_of(accounts, "a")).available_minor == 100
+
+
+async def test_a_reserve_arriving_after_its_void_is_refused(
+    accounts: EventStore, saga: Saga
+) -> None:
+    """The saga's reserve timed out, it compensated with void, then the reserve arrived."""
+    await opened(accounts, "a", 100)
+    await opened(accounts, "b", 5)
+
+    voided = await saga.void("t1", leg("a", "b", 30))
+    late = await refusal_of(saga.reserve("t1", leg("a", "b", 30)))
+    post = await refusal_of(saga.post("t1", leg("a", "b", 30)))
+    again = await saga.void("t1", leg("a", "b", 30))
+
+    assert voided.hold_ids == again.hold_ids == ()
+    assert late.code == "hold_ended"
+    assert post.code == "hold_voided"
+    payer, payee = await state_of(accounts, "a"), await state_of(accounts, "b")
+    assert (payer.posted_minor, payer.available_minor, len(payer.open_holds)) == (100, 100, 0)
+    assert (payee.posted_minor, payee.pending_credits_minor, len(payee.open_holds)) == (5, 0, 0)
+    assert await event_types(accounts, "a") == ["AccountOpened", "Deposited", "HoldCancelled"]
+    assert await holds_of(accounts, "t1") == {
+        "t1:l1:debit": ("a", "cancelled"), "t1:l1:credit": ("b", "cancelled")}
+
+
+async def test_void_on_an_unknown_account_cancels_only_on_the_known_one(
+    accounts: EventStore, saga: Saga
+) -> None:
+    await opened(accounts, "a", 100)
+
+    done = await saga.void("t1", leg("a", "nobody", 30))
+
+    assert done.hold_ids == ()
+    assert await accounts.stream_version("account-nobody") == 0
+    assert await holds_of(accounts, "t1") == {"t1:l1:debit": ("a", "cancelled")}
+
+
+async def test_a_hold_id_on_another_account_than_the_legs_is_refused(
+    accounts: EventStore, saga: Saga
+) -> None:
+    await opened(accounts, "a", 100)
+    await opened(accounts, "b")
+    await opened(accounts, "c", 100)
+    await saga.reserve("t1", leg("a", "b", 30))
+
+    reserve = await refusal_of(saga.reserve("t1", leg("c", "b", 30)))
+    void = await refusal_of(saga.void("t1", leg("c", "b", 30)))
+
+    assert reserve.code == void.code == "hold_conflict"
+    assert reserve.details["hold_id"] == "t1:l1:debit"
+    assert (await state_of(accounts, "a")).pending_debits_minor == 30
+    assert await event_types(accounts, "c") == ["AccountOpened", "Deposited"]
+
+
+async def test_the_holds_table_follows_every_hold_and_equals_its_rebuild(
+    accounts: EventStore, saga: Saga
+) -> None:
+    await opened(accounts, "a", 100)
+    await opened(accounts, "b", 100)
+    await saga.reserve("posted", leg("a", "b", 10))
+    await saga.post("posted", leg("a", "b", 10))
+    await saga.reserve("voided", leg("b", "a", 20))
+    await saga.void("voided", leg("b", "a", 20))
+    await saga.reserve("open", leg("a", "b", 30, "cash"), leg("b", "a", 1, "asset"))
+    await saga.void("cancelled", leg("a", "b", 40))
+
+    assert await holds_of(accounts, "posted") == {
+        "posted:l1:debit": ("a", "posted"), "posted:l1:credit": ("b", "posted")}
+    assert await holds_of(accounts, "voided") == {
+        "voided:l1:debit": ("b", "voided"), "voided:l1:credit": ("a", "voided")}
+    assert set((await holds_of(accounts, "open")).values()) == {("a", "open"), ("b", "open")}
+    assert set((await holds_of(accounts, "cancelled")).values()) == {
+        ("a", "cancelled"), ("b", "cancelled")}
+    holds: Projection = next(
+        p for p in accounts.inline_projections if isinstance(p, HoldsProjection))
+    report = await rebuild(accounts, holds, verify=True)
+    assert report.events > 0
+    assert report.differences == []

@@ -14,6 +14,7 @@ from account_service.contracts import (
     AccountUnfrozen,
     Deposited,
     EntryKind,
+    HoldCancelled,
     HoldPlaced,
     HoldPosted,
     HoldSide,
@@ -29,9 +30,14 @@ from account_service.domain import (
     BalanceLimitExceeded,
     CannotClose,
     CurrencyMismatch,
+    EndedHolds,
     Hold,
+    HoldAlreadyPosted,
+    HoldAlreadyVoided,
     HoldConflict,
-    HoldNotOpen,
+    HoldEnded,
+    HoldNotFound,
+    HoldStatus,
     InsufficientFunds,
     InvalidAmount,
     Status,
@@ -47,6 +53,8 @@ from account_service.domain import (
     void_hold,
     withdraw,
 )
+
+NOTHING_ENDED: EndedHolds = {}
 
 
 def given(*events: AccountEvent, overdraft_minor: int = 0) -> AccountState:
@@ -78,6 +86,18 @@ def placed(hold: Hold) -> HoldPlaced:
 
 def funded(amount_minor: int = 1_000) -> Deposited:
     return Deposited(entry_id="d1", amount_minor=amount_minor)
+
+
+def void(state: AccountState, hold_id: str, ended: EndedHolds = NOTHING_ENDED
+         ) -> list[AccountEvent]:
+    """Void the hold `<transfer>:<leg>:<side>` as the void command would."""
+    transfer_id, _, side = hold_id.split(":")
+    return void_hold(state, hold_id, HoldSide(side), transfer_id, ended=ended)
+
+
+def cancelled(hold_id: str = "t1:l1:debit") -> HoldCancelled:
+    transfer_id, _, side = hold_id.split(":")
+    return HoldCancelled(hold_id=hold_id, side=HoldSide(side), transfer_id=transfer_id)
 
 
 # --- opening ---------------------------------------------------------------------------
@@ -163,7 +183,7 @@ def test_withdraw_counts_pending_debits() -> None:
 def test_debit_hold_reserves_available_but_not_posted() -> None:
     state = given(funded(100))
 
-    after = then(state, place_hold(state, debit(30), "USD"))
+    after = then(state, place_hold(state, debit(30), "USD", ended=NOTHING_ENDED))
 
     assert (after.posted_minor, after.pending_debits_minor, after.available_minor) == (100, 30, 70)
     assert set(after.open_holds) == {"t1:l1:debit"}
@@ -171,21 +191,24 @@ def test_debit_hold_reserves_available_but_not_posted() -> None:
 
 def test_debit_hold_refuses_more_than_available() -> None:
     with pytest.raises(InsufficientFunds):
-        place_hold(given(funded(100), placed(debit(80, "other"))), debit(21), "USD")
+        place_hold(given(funded(100), placed(debit(80, "other"))), debit(21), "USD",
+                   ended=NOTHING_ENDED)
 
 
 def test_debit_hold_may_use_the_overdraft() -> None:
     state = given(overdraft_minor=40)
 
-    assert then(state, place_hold(state, debit(40), "USD")).available_minor == -40
+    after = then(state, place_hold(state, debit(40), "USD", ended=NOTHING_ENDED))
+
+    assert after.available_minor == -40
     with pytest.raises(InsufficientFunds):
-        place_hold(state, debit(41), "USD")
+        place_hold(state, debit(41), "USD", ended=NOTHING_ENDED)
 
 
 def test_credit_hold_is_pending_and_does_not_raise_available() -> None:
     state = given()
 
-    after = then(state, place_hold(state, credit(70), "USD"))
+    after = then(state, place_hold(state, credit(70), "USD", ended=NOTHING_ENDED))
 
     assert (after.posted_minor, after.pending_credits_minor, after.available_minor) == (0, 70, 0)
 
@@ -195,37 +218,37 @@ def test_credit_hold_refuses_a_balance_beyond_the_largest() -> None:
     room = MAX_BALANCE_MINOR - state.posted_minor
 
     with pytest.raises(BalanceLimitExceeded):
-        place_hold(state, credit(room + 1), "USD")
-    assert place_hold(state, credit(room), "USD")
+        place_hold(state, credit(room + 1), "USD", ended=NOTHING_ENDED)
+    assert place_hold(state, credit(room), "USD", ended=NOTHING_ENDED)
 
 
 def test_hold_refuses_another_currency() -> None:
     with pytest.raises(CurrencyMismatch):
-        place_hold(given(funded()), debit(10), "EUR")
+        place_hold(given(funded()), debit(10), "EUR", ended=NOTHING_ENDED)
 
 
 def test_hold_refuses_a_non_positive_amount() -> None:
     with pytest.raises(InvalidAmount):
-        place_hold(given(funded()), credit(0), "USD")
+        place_hold(given(funded()), credit(0), "USD", ended=NOTHING_ENDED)
 
 
 def test_placing_an_open_hold_again_is_a_retry_that_changes_nothing() -> None:
     state = given(funded(100), placed(debit(30)), AccountFrozen())
 
-    assert place_hold(state, debit(30), "USD") == []
+    assert place_hold(state, debit(30), "USD", ended=NOTHING_ENDED) == []
 
 
 def test_placing_an_open_hold_again_on_other_terms_is_refused() -> None:
     state = given(funded(100), placed(debit(30)))
 
     with pytest.raises(HoldConflict):
-        place_hold(state, debit(31), "USD")
+        place_hold(state, debit(31), "USD", ended=NOTHING_ENDED)
 
 
 def test_posting_a_debit_hold_moves_exactly_its_amount_out() -> None:
     state = given(funded(100), placed(debit(30)))
 
-    events = post_hold(state, "t1:l1:debit")
+    events = post_hold(state, "t1:l1:debit", ended=NOTHING_ENDED)
     after = then(state, events)
 
     assert events == [HoldPosted(hold_id="t1:l1:debit", side=HoldSide.DEBIT, amount_minor=30,
@@ -237,7 +260,7 @@ def test_posting_a_debit_hold_moves_exactly_its_amount_out() -> None:
 def test_posting_a_credit_hold_moves_exactly_its_amount_in() -> None:
     state = given(placed(credit(30)))
 
-    after = then(state, post_hold(state, "t1:l1:credit"))
+    after = then(state, post_hold(state, "t1:l1:credit", ended=NOTHING_ENDED))
 
     assert (after.posted_minor, after.pending_credits_minor, after.available_minor) == (30, 0, 30)
 
@@ -245,31 +268,97 @@ def test_posting_a_credit_hold_moves_exactly_its_amount_in() -> None:
 def test_voiding_a_hold_releases_it_and_moves_nothing() -> None:
     state = given(funded(100), placed(debit(30)), placed(credit(5)))
 
-    after = then(state, void_hold(state, "t1:l1:debit"))
-    after = then(after, void_hold(after, "t1:l1:credit"))
+    after = then(state, void(state, "t1:l1:debit"))
+    after = then(after, void(after, "t1:l1:credit"))
 
     assert (after.posted_minor, after.available_minor) == (100, 100)
     assert (after.pending_debits_minor, after.pending_credits_minor) == (0, 0)
     assert not after.open_holds
 
 
-@pytest.mark.parametrize("decision", [post_hold, void_hold])
-def test_a_hold_ends_exactly_once(decision: Callable[[AccountState, str], list[AccountEvent]]
-                                  ) -> None:
+def test_posting_a_posted_hold_again_is_a_retry_that_changes_nothing() -> None:
+    state = given(funded(70))
+
+    assert post_hold(state, "t1:l1:debit", ended={"t1:l1:debit": HoldStatus.POSTED}) == []
+
+
+@pytest.mark.parametrize("status", [HoldStatus.VOIDED, HoldStatus.CANCELLED])
+def test_posting_a_voided_or_cancelled_hold_is_refused(status: HoldStatus) -> None:
+    with pytest.raises(HoldAlreadyVoided) as refused:
+        post_hold(given(funded()), "t1:l1:debit", ended={"t1:l1:debit": status})
+
+    assert refused.value.code == "hold_voided"
+
+
+def test_posting_a_hold_never_placed_is_refused() -> None:
+    with pytest.raises(HoldNotFound) as refused:
+        post_hold(given(), "nope", ended=NOTHING_ENDED)
+
+    assert (refused.value.hold_id, refused.value.code) == ("nope", "hold_not_found")
+
+
+@pytest.mark.parametrize("status", [HoldStatus.VOIDED, HoldStatus.CANCELLED])
+def test_voiding_a_voided_or_cancelled_hold_again_changes_nothing(status: HoldStatus) -> None:
+    assert void(given(), "t1:l1:debit", ended={"t1:l1:debit": status}) == []
+
+
+def test_voiding_a_posted_hold_is_refused() -> None:
+    with pytest.raises(HoldAlreadyPosted) as refused:
+        void(given(funded()), "t1:l1:debit", ended={"t1:l1:debit": HoldStatus.POSTED})
+
+    assert refused.value.code == "hold_posted"
+
+
+@pytest.mark.parametrize("status", [Status.OPEN, Status.FROZEN])
+def test_voiding_a_hold_never_placed_cancels_it_and_moves_nothing(status: Status) -> None:
+    state = given(funded(100), AccountFrozen()) if status is Status.FROZEN else given(funded(100))
+
+    events = void(state, "t1:l1:debit")
+    after = then(state, events)
+
+    assert events == [cancelled("t1:l1:debit")]
+    assert (after.posted_minor, after.available_minor, after.pending_debits_minor) == (100, 100, 0)
+    assert not after.open_holds
+    assert after.version == state.version + 1
+
+
+def test_voiding_a_hold_never_placed_on_a_closed_account_changes_nothing() -> None:
+    assert void(given(AccountClosed()), "t1:l1:credit") == []
+
+
+@pytest.mark.parametrize("status", [HoldStatus.POSTED, HoldStatus.VOIDED, HoldStatus.CANCELLED])
+def test_placing_a_hold_that_ended_is_refused(status: HoldStatus) -> None:
+    state = given(funded(100))
+
+    with pytest.raises(HoldEnded) as refused:
+        place_hold(state, debit(30), "USD", ended={"t1:l1:debit": status})
+
+    assert (refused.value.code, refused.value.status) == ("hold_ended", status)
+
+
+def test_a_late_reserve_after_its_void_is_refused() -> None:
+    state = given(funded(100))
+    after = then(state, void(state, "t1:l1:debit"))
+
+    with pytest.raises(HoldEnded):
+        place_hold(after, debit(30), "USD", ended={"t1:l1:debit": HoldStatus.CANCELLED})
+
+
+def test_the_fold_refuses_a_placed_hold_cancelled() -> None:
     state = given(funded(100), placed(debit(30)))
-    after = then(state, decision(state, "t1:l1:debit"))
 
-    with pytest.raises(HoldNotOpen):
-        post_hold(after, "t1:l1:debit")
-    with pytest.raises(HoldNotOpen):
-        void_hold(after, "t1:l1:debit")
+    with pytest.raises(AssertionError, match="voided, not cancelled"):
+        evolve(state, cancelled("t1:l1:debit"))
 
 
-def test_ending_a_hold_never_placed_is_refused() -> None:
-    with pytest.raises(HoldNotOpen) as refused:
-        post_hold(given(), "nope")
+def test_an_open_hold_listed_as_ended_is_a_bug() -> None:
+    state = given(funded(100), placed(debit(30)))
+    ended = {"t1:l1:debit": HoldStatus.VOIDED}
 
-    assert refused.value.hold_id == "nope"
+    with pytest.raises(AssertionError, match="open and ended"):
+        post_hold(state, "t1:l1:debit", ended=ended)
+    with pytest.raises(AssertionError, match="open and ended"):
+        place_hold(state, debit(30), "USD", ended=ended)
 
 
 def test_the_fold_refuses_a_hold_ended_twice() -> None:
@@ -299,8 +388,8 @@ def test_frozen_account_refuses_new_debits_and_credits() -> None:
     attempts: list[Callable[[], list[AccountEvent]]] = [
         lambda: deposit(state, 1, "d2", None),
         lambda: withdraw(state, 1, "w1", None),
-        lambda: place_hold(state, debit(1), "USD"),
-        lambda: place_hold(state, credit(1), "USD"),
+        lambda: place_hold(state, debit(1), "USD", ended=NOTHING_ENDED),
+        lambda: place_hold(state, credit(1), "USD", ended=NOTHING_ENDED),
     ]
     for attempt in attempts:
         with pytest.raises(AccountFrozenError):
@@ -310,8 +399,8 @@ def test_frozen_account_refuses_new_debits_and_credits() -> None:
 def test_frozen_account_still_posts_and_voids_existing_holds() -> None:
     state = given(funded(100), placed(debit(30)), placed(credit(5)), AccountFrozen())
 
-    after = then(state, post_hold(state, "t1:l1:debit"))
-    after = then(after, void_hold(after, "t1:l1:credit"))
+    after = then(state, post_hold(state, "t1:l1:debit", ended=NOTHING_ENDED))
+    after = then(after, void(after, "t1:l1:credit"))
 
     assert (after.posted_minor, after.status) == (70, Status.FROZEN)
 
@@ -352,7 +441,7 @@ def test_closed_account_accepts_nothing() -> None:
     with pytest.raises(AccountClosedError):
         deposit(state, 1, "d1", None)
     with pytest.raises(AccountClosedError):
-        place_hold(state, credit(1), "USD")
+        place_hold(state, credit(1), "USD", ended=NOTHING_ENDED)
     with pytest.raises(AccountClosedError):
         freeze(state, None)
     with pytest.raises(AccountClosedError):

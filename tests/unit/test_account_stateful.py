@@ -1,4 +1,8 @@
-"""Random commands against one account: the money rules hold after every step."""
+"""Random commands against one account: the money rules hold after every step.
+
+The machine plays the adapter's part too: it remembers how every hold ended (the holds read
+model) and passes that to the decisions, as the saga commands do.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,9 @@ from account_service.domain import (
     AccountError,
     AccountState,
     Hold,
+    HoldEnded,
     HoldNotOpen,
+    HoldStatus,
     Status,
     close,
     deposit,
@@ -39,7 +45,7 @@ class AccountMachine(RuleBasedStateMachine):
         super().__init__()
         self.events: list[AccountEvent] = []
         self.state: AccountState | None = None
-        self.ended: set[str] = set()
+        self.ended: dict[str, HoldStatus] = {}
 
     @property
     def account(self) -> AccountState:
@@ -73,27 +79,46 @@ class AccountMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.state is not None)
     @rule(hold_id=hold_ids, amount=amounts, currency=st.sampled_from(["USD", "USD", "EUR"]))
     def place(self, hold_id: str, amount: int, currency: str) -> None:
-        if hold_id in self.ended:
-            return  # the adapter refuses a hold id that ended; the state knows only open ones
         side = HoldSide.DEBIT if hold_id.endswith("debit") else HoldSide.CREDIT
         hold = Hold(hold_id, side, amount, hold_id.split(":")[0], EntryKind.TRANSFER)
-        self.apply(place_hold, hold, currency)
+        try:
+            events = place_hold(self.account, hold, currency, ended=self.ended)
+        except HoldEnded:
+            assert hold_id in self.ended, "only a hold that ended is refused as ended"
+            return
+        except AccountError:
+            return
+        assert hold_id not in self.ended, "a hold that ended is never placed again"
+        self.events.extend(events)
+        self.state = fold(events, self.state)
 
     @precondition(lambda self: self.state is not None)
     @rule(hold_id=hold_ids, is_post=st.booleans())
     def end(self, hold_id: str, is_post: bool) -> None:
-        was_open = hold_id in self.account.open_holds
         before = self.account
+        was_open = hold_id in before.open_holds
+        side = HoldSide.DEBIT if hold_id.endswith("debit") else HoldSide.CREDIT
         try:
-            events = (post_hold if is_post else void_hold)(before, hold_id)
+            if is_post:
+                events = post_hold(before, hold_id, ended=self.ended)
+            else:
+                events = void_hold(before, hold_id, side, hold_id.split(":")[0], ended=self.ended)
         except HoldNotOpen:
             assert not was_open
             return
-        assert was_open, "only an open hold can end"
-        assert hold_id not in self.ended, "a hold ends once"
-        self.ended.add(hold_id)
         self.events.extend(events)
         self.state = fold(events, before)
+        if not events:
+            assert not was_open, "an open hold is posted or voided, never skipped"
+            return
+        [event] = events
+        assert hold_id not in self.ended, "a hold ends once"
+        self.ended[hold_id] = _STATUS_AFTER[event.event_type]
+        if event.event_type == "HoldCancelled":
+            assert not was_open, "only a hold never placed is cancelled"
+            assert self.account.posted_minor == before.posted_minor
+            return
+        assert was_open, "only an open hold is posted or voided"
         hold = before.open_holds[hold_id]
         moved = self.account.posted_minor - before.posted_minor
         expected = 0 if not is_post else (
@@ -118,6 +143,11 @@ class AccountMachine(RuleBasedStateMachine):
         if self.account.status is Status.CLOSED and before.status is not Status.CLOSED:
             assert before.posted_minor == 0
             assert not before.open_holds
+
+    @invariant()
+    def no_hold_is_open_and_ended(self) -> None:
+        if self.state is not None:
+            assert not set(self.state.open_holds) & set(self.ended)
 
     @invariant()
     def available_never_below_the_overdraft(self) -> None:
@@ -164,6 +194,13 @@ class AccountMachine(RuleBasedStateMachine):
         if self.state is not None and self.state.status is Status.CLOSED:
             assert self.state.posted_minor == 0
             assert not self.state.open_holds
+
+
+_STATUS_AFTER = {
+    "HoldPosted": HoldStatus.POSTED,
+    "HoldVoided": HoldStatus.VOIDED,
+    "HoldCancelled": HoldStatus.CANCELLED,
+}
 
 
 AccountMachine.TestCase.settings = settings(
