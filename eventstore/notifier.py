@@ -40,9 +40,13 @@ class Notifier:
             return self
         try:
             await connection.add_listener(self.channel, self._on_notify)
-        except _CONNECTION_ERRORS as error:
-            _log.warning("%s: LISTEN failed, polling only: %s", self.channel, error)
+        except BaseException as error:
+            # Cancelled or failed half way: the connection goes back, or the pool would
+            # lose it for good (__aexit__ does not run when __aenter__ did not finish).
             await self.store.pool.release(connection)
+            if not isinstance(error, _CONNECTION_ERRORS):
+                raise
+            _log.warning("%s: LISTEN failed, polling only: %s", self.channel, error)
             return self
         self._connection = connection
         return self

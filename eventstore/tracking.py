@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -27,14 +27,27 @@ async def mark_handled(executor: Executor, schema: str, consumer: str, message_i
     return bool(inserted)
 
 
+class RecordedReply(NamedTuple):
+    """The reply recorded for a command, and the endpoint (subject) that gave it."""
+
+    endpoint: str
+    reply: dict[str, Any]
+
+
 async def recorded_reply(
     executor: Executor, schema: str, command_id: uuid.UUID
-) -> dict[str, Any] | None:
-    """The reply recorded for `command_id`, or None if the command never completed."""
-    reply = await executor.fetchval(
-        f"select reply from {schema}.command_replies where command_id = $1", command_id
+) -> RecordedReply | None:
+    """The reply recorded for `command_id` and its endpoint, or None if it never completed.
+
+    A command id is answered once, by one endpoint: the caller compares the endpoint, so a
+    reused id sent to another endpoint is refused rather than answered with this reply.
+    """
+    row = await executor.fetchrow(
+        f"select endpoint, reply from {schema}.command_replies where command_id = $1", command_id
     )
-    return None if reply is None else dict(orjson.loads(reply))
+    if row is None:
+        return None
+    return RecordedReply(row[0], dict(orjson.loads(row[1])))
 
 
 async def record_reply(

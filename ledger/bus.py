@@ -9,12 +9,14 @@ import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from ledger.settings import Settings
 
 EVENTS_SUBJECT_PREFIX: Final = "ledger"
 DEAD_LETTER_PREFIX: Final = "ledger_dead"
+_STREAM_NAME_IN_USE: Final = 10058
+"""JetStream's error code for "stream name already in use with a different configuration"."""
 
 _log = logging.getLogger(__name__)
 
@@ -65,6 +67,7 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
             num_replicas=settings.events_stream_replicas,
             # Longer than the relay's longest retry, so a re-publish is always recognised.
             duplicate_window=settings.relay_duplicate_window_s,
+            max_age=settings.events_stream_max_age_s,
         ),
     )
     await _ensure(
@@ -74,15 +77,25 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
             subjects=[f"{DEAD_LETTER_PREFIX}.>"],
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
+            discard=DiscardPolicy.OLD,
             num_replicas=settings.events_stream_replicas,
+            max_age=settings.dead_letter_max_age_s,
         ),
     )
 
 
 async def _ensure(js: JetStreamContext, config: StreamConfig) -> None:
+    """Create the stream, or update it to `config` when it exists (or another replica
+    starting at the same time created it first)."""
+    name = config.name or ""
     try:
-        await js.stream_info(config.name or "")
+        await js.stream_info(name)
     except NotFoundError:
-        await js.add_stream(config)
-        return
+        try:
+            await js.add_stream(config)
+            return
+        except BadRequestError as error:
+            if error.err_code != _STREAM_NAME_IN_USE:
+                raise
+            _log.info("stream %s was created meanwhile; updating it to our settings", name)
     await js.update_stream(config)

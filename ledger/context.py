@@ -77,7 +77,11 @@ def new_context(actor: str | None = None) -> RequestContext:
 
 
 def from_headers(headers: Mapping[str, str] | None) -> RequestContext:
-    """The context carried by incoming headers (case-insensitive), completed where missing."""
+    """The context carried by incoming headers (case-insensitive), completed where missing.
+
+    For headers from the ledger's own services (NATS), which may carry the actor; an HTTP
+    client's headers go through `from_client_headers`.
+    """
     lowered = {key.lower(): value for key, value in (headers or {}).items()}
     fresh = new_context(_bounded(lowered.get(ACTOR_HEADER.lower())))
     given_trace = lowered.get(TRACEPARENT_HEADER, "")
@@ -88,6 +92,15 @@ def from_headers(headers: Mapping[str, str] | None) -> RequestContext:
         traceparent=_child_span(given_trace) if is_traced else fresh.traceparent,
         actor=fresh.actor,
     )
+
+
+def from_client_headers(headers: Mapping[str, str] | None) -> RequestContext:
+    """The context of a request from outside (HTTP): as `from_headers`, but with no actor.
+
+    A client's `X-Actor` is a claim, not an identity; authentication sets the actor. Only
+    the ledger's own services, over NATS, are trusted to pass it on.
+    """
+    return replace(from_headers(headers), actor=None)
 
 
 def from_metadata(metadata: Mapping[str, Any], event_id: str) -> RequestContext:

@@ -3,18 +3,21 @@
 It opens each service's store (pool and migrations), the shared NATS connection and streams,
 runs each service's relay, starts the service's own consumers and command endpoints, and
 serves their HTTP routes beside `/health`, `/metrics` and the event streams. `stop` undoes
-it in reverse: background work first, then NATS (drained), then the pools.
+it in reverse: services and background tasks first, then NATS (drained), then the notifiers
+and pools, which the drained messages' handlers may still have needed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator, Coroutine, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeAlias
 
 from fastapi import APIRouter
 from nats.aio.client import Client
@@ -30,6 +33,9 @@ from ledger.settings import Settings
 _log = logging.getLogger(__name__)
 _READY_TIMEOUT_S: Final = 1.0
 
+TaskFactory: TypeAlias = Callable[[], Coroutine[Any, Any, None]]
+"""Makes the coroutine of a background task afresh, once per (re)start."""
+
 
 @dataclass
 class Runtime:
@@ -42,12 +48,52 @@ class Runtime:
     js: JetStreamContext
     notifier: Notifier
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _is_task_up: dict[str, bool] = field(default_factory=dict)
 
-    def spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
-        """Run `work` in the background until the host stops; a crash is logged and ends it."""
-        task = asyncio.create_task(work, name=f"{self.name}:{name}")
-        task.add_done_callback(_log_crash)
+    def spawn(self, factory: TaskFactory, name: str) -> None:
+        """Run `factory()` in the background until the host stops, restarting it after a crash.
+
+        A crash is logged and the task restarts after a pause that doubles from
+        `task_restart_first_s` to `task_restart_max_s`; until then it is down (readiness
+        check `task:<service>:<name>`, gauge `ledger_background_task_up`). Returning ends it.
+        """
+        task_name = f"{self.name}:{name}"
+        assert task_name not in self._is_task_up, f"task {task_name} is spawned twice"
+        self._is_task_up[task_name] = True
+        task = asyncio.create_task(self._supervise(factory, task_name), name=task_name)
         self._tasks.append(task)
+
+    def task_health(self) -> dict[str, bool]:
+        """Whether each background task still running is up (False: waiting to restart)."""
+        return dict(self._is_task_up)
+
+    async def _supervise(self, factory: TaskFactory, task_name: str) -> None:
+        first_pause_s = self.settings.task_restart_first_s
+        max_pause_s = max(self.settings.task_restart_max_s, first_pause_s)
+        pause_s = first_pause_s
+        is_up = metrics.background_task_up.labels(task_name)
+        try:
+            while True:
+                self._is_task_up[task_name] = True
+                is_up.set(1)
+                started_s = time.monotonic()
+                try:
+                    await factory()
+                except Exception:  # CancelledError is not one: cancellation ends the task
+                    if time.monotonic() - started_s >= max_pause_s:
+                        pause_s = first_pause_s  # it had been healthy; start backing off anew
+                    self._is_task_up[task_name] = False
+                    is_up.set(0)
+                    _log.exception("background task %s crashed; restart in %.1fs",
+                                   task_name, pause_s)  # fmt: skip
+                    await asyncio.sleep(pause_s)
+                    pause_s = min(pause_s * 2, max_pause_s)
+                    continue
+                _log.info("background task %s finished", task_name)
+                return
+        finally:
+            is_up.set(0)
+            self._is_task_up.pop(task_name, None)
 
 
 class Service(Protocol):
@@ -87,10 +133,15 @@ class ServiceHost:
         self.services = tuple(services)
         self.runtimes: dict[str, Runtime] = {}
         self.nc: Client | None = None
-        self._exit_stack = AsyncExitStack()
+        self.is_stopping = asyncio.Event()
+        """Set when `stop` begins: long-lived responses (event streams) end on it."""
+        # Closed in this order by `stop`: services and their tasks, then NATS, then resources.
+        self._work = AsyncExitStack()
+        self._resources = AsyncExitStack()
 
     async def start(self) -> None:
         """Connect, migrate, and start every service; undo everything if any step fails."""
+        self.is_stopping.clear()
         try:
             await self._start()
         except BaseException:
@@ -98,9 +149,7 @@ class ServiceHost:
             raise
 
     async def _start(self) -> None:
-        stack = self._exit_stack
         self.nc = await connect(self.settings.nats_servers, "ledger")
-        stack.push_async_callback(self._close_nats)
         js = self.nc.jetstream()
         await ensure_streams(js, self.settings)
         for service in self.services:
@@ -110,20 +159,28 @@ class ServiceHost:
                 pool_size=self.settings.db_pool_size,
                 inline_projections=service.inline_projections(),
             )
-            stack.push_async_callback(store.close)
-            notifier = await stack.enter_async_context(Notifier(store))
+            self._resources.push_async_callback(store.close)
+            notifier = await self._resources.enter_async_context(Notifier(store))
             runtime = Runtime(service.name, self.settings, store, self.nc, js, notifier)
-            stack.push_async_callback(_cancel_tasks, runtime)
+            self._work.push_async_callback(_cancel_tasks, runtime)
             self.runtimes[service.name] = runtime
-            runtime.spawn(EventRelay(store, js, service.name, self.settings).run(), "relay")
+            runtime.spawn(functools.partial(_relay, store, js, service.name, self.settings),
+                          "relay")  # fmt: skip
             await service.start(runtime)
-            stack.push_async_callback(service.stop)
+            self._work.push_async_callback(service.stop)
         _log.info("host started: %s", ", ".join(s.name for s in self.services) or "no services")
 
     async def stop(self) -> None:
-        """Stop services and background work, drain NATS, close the pools. Idempotent."""
-        await self._exit_stack.aclose()
-        self.runtimes.clear()
+        """Stop services and background tasks, drain NATS, close the pools. Idempotent."""
+        self.is_stopping.set()
+        try:
+            await self._work.aclose()
+        finally:
+            try:
+                await self._close_nats()
+            finally:
+                await self._resources.aclose()
+                self.runtimes.clear()
 
     def store_for_stream(self, stream_id: str) -> EventStore | None:
         """The store that owns `stream_id`, by its category."""
@@ -138,10 +195,13 @@ class ServiceHost:
         return next(r.notifier for r in self.runtimes.values() if r.store is store)
 
     async def readiness(self) -> dict[str, bool]:
-        """Whether each dependency answers now: `postgres:<service>` and `nats`."""
+        """Whether each dependency answers now (`postgres:<service>`, `nats`) and each
+        background task runs (`task:<service>:<name>`)."""
         checks = {"nats": self.nc is not None and self.nc.is_connected}
         for name, runtime in self.runtimes.items():
             checks[f"postgres:{name}"] = await _answers(runtime.store)
+            for task_name, is_up in runtime.task_health().items():
+                checks[f"task:{task_name}"] = is_up
         return checks
 
     async def observe(self) -> None:
@@ -183,9 +243,9 @@ async def _cancel_tasks(runtime: Runtime) -> None:
     runtime._tasks.clear()
 
 
-def _log_crash(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        _log.error("background task %s crashed", task.get_name(), exc_info=task.exception())
+async def _relay(store: EventStore, js: JetStreamContext, service: str, settings: Settings) -> None:
+    """Run a fresh relay of `service`'s events (a restart after a crash starts clean)."""
+    await EventRelay(store, js, service, settings).run()
 
 
 @contextlib.asynccontextmanager

@@ -14,7 +14,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ledger import context, metrics
 from ledger.dependencies import HostDep
 from ledger.host import ServiceHost
-from ledger.problems import install_problem_handlers, problem_response
+from ledger.problems import (
+    install_problem_handlers,
+    internal_error_response,
+    problem_response,
+)
 from ledger.streaming import router as streaming_router
 
 _UNMATCHED_ROUTE: Final = "unmatched"
@@ -54,10 +58,18 @@ def create_app(host: ServiceHost, *, manage_host: bool = True) -> FastAPI:
 async def _context_and_metrics(
     request: Request, call_next: Callable[[Request], Awaitable[Response]]
 ) -> Response:
-    """Bind the request's context, answer with it in headers, and time the request."""
+    """Bind the request's context, answer with it in headers, and time the request.
+
+    An unhandled error is answered here, as a 500 problem, so that answer too carries the
+    correlation id it tells the client to quote. The actor is never taken from an HTTP
+    client's headers (anyone could claim to be anyone); authentication will set it.
+    """
     started = time.perf_counter()
-    with context.bound(context.from_headers(dict(request.headers))) as bound:
-        response = await call_next(request)
+    with context.bound(context.from_client_headers(dict(request.headers))) as bound:
+        try:
+            response = await call_next(request)
+        except Exception as error:
+            response = internal_error_response(request, error, bound.correlation_id)
     response.headers[context.CORRELATION_HEADER] = bound.correlation_id
     response.headers[context.TRACEPARENT_HEADER] = bound.traceparent
     metrics.http_request_seconds.labels(

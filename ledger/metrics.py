@@ -60,3 +60,9 @@ command_seconds: Final = Histogram(
     buckets=_LATENCY_BUCKETS_S,
     registry=REGISTRY,
 )
+background_task_up: Final = Gauge(
+    "ledger_background_task_up",
+    "1 while a background task (relay, consumer) runs, 0 while it waits to restart or ended.",
+    ["task"],
+    registry=REGISTRY,
+)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
 from typing import Final
 
@@ -18,7 +17,7 @@ DEFAULT_SCALES: Final[Mapping[str, int]] = MappingProxyType(
 )
 DEFAULT_MAX_AMOUNT_MINOR: Final = 10**15
 _ASSET_CODE: Final = re.compile(r"^[A-Z][A-Z0-9]{1,11}$")
-_DECIMAL: Final = re.compile(r"^(0|[1-9][0-9]{0,30})(\.[0-9]{1,30})?$")
+_DECIMAL: Final = re.compile(r"(0|[1-9][0-9]{0,30})(?:\.([0-9]{1,30}))?")
 
 
 class AmountError(ValueError):
@@ -53,16 +52,15 @@ class Assets:
     def parse(self, text: str, asset: str) -> int:
         """`"12.34"` USD -> 1234. Refuses malformed, zero, negative, too precise or too large."""
         scale = self.scale(asset)
-        if not _DECIMAL.match(text):
+        match = _DECIMAL.fullmatch(text)
+        if match is None:
             raise AmountError(f"amount {text[:40]!r} is not a positive decimal like '12.34'")
-        try:
-            value = Decimal(text)
-        except InvalidOperation:
-            raise AmountError(f"amount {text[:40]!r} is not a decimal number") from None
-        minor = value.scaleb(scale)
-        if minor != minor.to_integral_value():
+        # Digits, not Decimal arithmetic: Decimal's context rounds beyond 28 digits, and
+        # "1.0000000000000000000000000001" USD must be refused, not taken as 1.00.
+        whole, decimals = match[1], (match[2] or "").rstrip("0")
+        if len(decimals) > scale:
             raise AmountError(f"{asset} has {scale} decimals; {text!r} has more")
-        amount_minor = int(minor)
+        amount_minor = int(whole + decimals.ljust(scale, "0"))
         if amount_minor <= 0:
             raise AmountError("amount must be greater than zero")
         if amount_minor > self.max_amount_minor:

@@ -11,7 +11,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from eventstore import ConcurrencyError, InvalidEvent, StoreUnavailable, StreamNotFound
+from eventstore import (
+    ConcurrencyError,
+    DuplicateEventError,
+    InvalidEvent,
+    StoreUnavailable,
+    StreamNotFound,
+)
 
 PROBLEM_MEDIA_TYPE: Final = "application/problem+json"
 _log = logging.getLogger(__name__)
@@ -85,6 +91,10 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def on_conflict(request: Request, error: ConcurrencyError) -> JSONResponse:
         return problem_response(409, str(error), "conflict", request.url.path)
 
+    @app.exception_handler(DuplicateEventError)
+    async def on_duplicate(request: Request, error: DuplicateEventError) -> JSONResponse:
+        return problem_response(409, str(error), "duplicate", request.url.path)
+
     @app.exception_handler(InvalidEvent)
     async def on_invalid_event(request: Request, error: InvalidEvent) -> JSONResponse:
         return problem_response(422, str(error), "invalid", request.url.path)
@@ -97,6 +107,21 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def on_bug(request: Request, error: Exception) -> JSONResponse:
-        _log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem_response(500, "an internal error occurred; it has been logged",
-                                "internal_error", request.url.path)
+        # ledger.http's middleware answers first, with the correlation id in headers; this
+        # is the backstop for an error raised outside it.
+        return internal_error_response(request, error)
+
+
+def internal_error_response(
+    request: Request, error: Exception, correlation_id: str | None = None
+) -> JSONResponse:
+    """Log an unhandled `error` with its trace; answer a 500 problem that reveals nothing of
+    it, only the correlation id to quote (also in the `X-Correlation-Id` header)."""
+    _log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
+    detail = "an internal error occurred; it has been logged"
+    if correlation_id is None:
+        return problem_response(500, detail, "internal_error", request.url.path)
+    return problem_response(
+        500, f"{detail} under correlation id {correlation_id}", "internal_error",
+        request.url.path, correlation_id=correlation_id,
+    )  # fmt: skip

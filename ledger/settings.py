@@ -37,6 +37,13 @@ class Settings(BaseSettings):
     )
     events_stream: str = "LEDGER_EVENTS"
     events_stream_replicas: PositiveInt = 1
+    events_stream_max_age_s: PositiveFloat = Field(
+        default=30 * 86_400.0,
+        description="How long the events stream keeps a message; consumers must read it sooner.",
+    )
+    dead_letter_max_age_s: PositiveFloat = Field(
+        default=90 * 86_400.0, description="How long a parked (dead-lettered) message is kept."
+    )
 
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8000, ge=0, le=65535)
@@ -90,6 +97,47 @@ class Settings(BaseSettings):
         description="Approvals per account per minute without its own limit (unset: no limit).",
     )
 
+    trade_wait_recheck_s: PositiveFloat = Field(
+        default=1.0, le=30.0,
+        description="While a `?wait=N` read waits for the outcome, the longest pause between"
+        " two looks at it when no append was announced (a lost LISTEN costs this latency).",
+    )
+
+    saga_step_timeout_s: PositiveFloat = Field(
+        default=5.0, description="How long the saga waits for one attempt of a step's reply."
+    )
+    saga_step_max_attempts: int = Field(
+        default=5, ge=1, le=100,
+        description="Attempts of a step before the pivot (or of a compensation) before the"
+        " saga compensates (or parks); steps from the pivot on are retried until they succeed.",
+    )
+    saga_backoff_first_s: PositiveFloat = Field(
+        default=0.5, description="Pause after a step's first failed attempt (doubles, jittered)."
+    )
+    saga_backoff_max_s: PositiveFloat = Field(
+        default=30.0, description="Longest pause between attempts of a saga step."
+    )
+    saga_deadline_s: PositiveFloat = Field(
+        default=300.0, description="Time from a saga's start after which, before the pivot,"
+        " it compensates and fails.",
+    )
+    saga_lease_s: PositiveFloat = Field(
+        default=30.0, description="How long an orchestrator holds a saga it advances (renewed"
+        " before each step; must exceed saga_step_timeout_s).",
+    )
+    saga_worker_batch: int = Field(
+        default=20, ge=1, le=1000, description="Sagas one orchestrator claims at once."
+    )
+    saga_poll_interval_s: PositiveFloat = Field(
+        default=0.2, description="Pause of an orchestrator that found no saga due."
+    )
+
+    task_restart_first_s: PositiveFloat = Field(
+        default=0.5, description="Pause before restarting a crashed background task (doubles)."
+    )
+    task_restart_max_s: PositiveFloat = Field(
+        default=30.0, description="Longest pause before restarting a crashed background task."
+    )
     shutdown_grace_s: PositiveFloat = 10.0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = True

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Final
 
@@ -17,6 +19,9 @@ from ledger.problems import Problem
 HEARTBEAT_S: Final = 15.0
 PAGE_EVENTS: Final = 500
 STREAM_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,199}$"
+MAX_VERSION: Final = 2**62
+"""Beyond any stream's version, and within PostgreSQL's bigint."""
+_EVENT_ID: Final = re.compile(r"[0-9]{1,20}")
 
 router = APIRouter(tags=["streams"])
 
@@ -30,29 +35,47 @@ async def follow_stream(
     request: Request,
     host: HostDep,
     stream_id: Annotated[str, Path(pattern=STREAM_ID_PATTERN)],
-    from_version: Annotated[int, Query(ge=1, le=2**62)] = 1,
+    from_version: Annotated[int, Query(ge=1, le=MAX_VERSION)] = 1,
     last_event_id: Annotated[str | None, Header(max_length=20)] = None,
 ) -> StreamingResponse:
     """The stream's events as `text/event-stream`, past ones first, then live.
 
     Each event's SSE id is its stream version; a reconnecting client sends `Last-Event-ID`
-    and resumes after it.
+    and resumes after it. The stream ends when the client leaves or the host stops.
     """
     store = host.store_for_stream(stream_id)
     if store is None or await store.stream_version(stream_id) == 0:
         raise Problem(404, f"stream {stream_id!r} does not exist", code="not_found")
-    if last_event_id is not None and last_event_id.isdigit():
-        from_version = int(last_event_id) + 1
-    events = _follow(request, store, host.notifier_for(store), stream_id, from_version)
+    if last_event_id is not None:
+        from_version = _resumed_from(last_event_id, from_version)
+    notifier = host.notifier_for(store)
+    events = _follow(request, store, notifier, stream_id, from_version, host.is_stopping)
     return StreamingResponse(
         events, media_type="text/event-stream", headers={"Cache-Control": "no-store"}
     )
 
 
+def _resumed_from(last_event_id: str, from_version: int) -> int:
+    """The version after `Last-Event-ID`; one that is not a version of ours is ignored (a
+    browser resends whatever id it last saw), one beyond any version is refused (422)."""
+    if _EVENT_ID.fullmatch(last_event_id) is None:
+        return from_version
+    last_version = int(last_event_id)
+    if last_version >= MAX_VERSION:
+        raise Problem(422, f"Last-Event-ID {last_event_id} is beyond any stream version",
+                      code="validation_failed")  # fmt: skip
+    return last_version + 1
+
+
 async def _follow(
-    request: Request, store: EventStore, notifier: Notifier, stream_id: str, next_version: int
+    request: Request,
+    store: EventStore,
+    notifier: Notifier,
+    stream_id: str,
+    next_version: int,
+    is_stopping: asyncio.Event,
 ) -> AsyncIterator[bytes]:
-    while not await request.is_disconnected():
+    while not is_stopping.is_set() and not await request.is_disconnected():
         seen = notifier.generation
         page = await store.read_stream(stream_id, from_version=next_version, limit=PAGE_EVENTS)
         for event in page:
@@ -60,9 +83,23 @@ async def _follow(
             next_version = event.stream_version + 1
         if len(page) < PAGE_EVENTS:
             before = notifier.generation
-            await notifier.wait_past(seen, HEARTBEAT_S)
-            if notifier.generation == before:
+            await _wait_for_append(notifier, seen, is_stopping)
+            if notifier.generation == before and not is_stopping.is_set():
                 yield b": keepalive\n\n"
+
+
+async def _wait_for_append(notifier: Notifier, seen: int, is_stopping: asyncio.Event) -> None:
+    """Until an append newer than `seen`, a heartbeat's time, or the host stopping."""
+    waits = {
+        asyncio.create_task(notifier.wait_past(seen, HEARTBEAT_S)),
+        asyncio.create_task(is_stopping.wait()),
+    }
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
 
 
 def _sse(event: RecordedEvent) -> bytes:

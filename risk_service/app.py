@@ -57,7 +57,7 @@ class RiskService:
             durable_name=f"{store.schema}-accounts",
         )
         await consumer.ensure()
-        runtime.spawn(consumer.run(), "account-view")
+        runtime.spawn(consumer.run, "account-view")
         self._consumer = consumer
         commands = CommandService(runtime.nc, store, name=self.name, version=VERSION)
         register_commands(commands, default_limits(runtime.settings), self._clock)

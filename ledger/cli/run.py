@@ -67,7 +67,11 @@ def _serve(
                 f"[bold green]ledger[/] serving {names} on http://{settings.http_host}:{port}"
                 f"  (API docs: http://{settings.http_host}:{port}/docs) - press Ctrl-C to stop"
             )
-            uvicorn.run(app, host=settings.http_host, port=port, log_config=None, ws="none")
+            # Open event streams would otherwise hold Ctrl-C until their clients leave.
+            uvicorn.run(
+                app, host=settings.http_host, port=port, log_config=None, ws="none",
+                timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_s)),
+            )  # fmt: skip
     except ValueError as error:
         console.print(f"[red]error:[/] {error}")
         raise typer.Exit(2) from None

@@ -10,7 +10,8 @@
 A handler runs in a unit of work with the request's context bound (`ledger.context.current()`
 is the sender's correlation, caused by the command id), so it appends its events with
 `metadata=current().as_metadata()`. Its reply is recorded with its effect in one transaction,
-and a repeated `command_id` is answered with that recorded reply, never applied twice.
+and a repeated `command_id` is answered with that recorded reply, never applied twice; the
+same id sent to another endpoint is an error reply ("400"), and nothing is applied.
 
 On the wire a reply is a JSON envelope: `{"status": "ok", "reply": {...}}`,
 `{"status": "refused", "code", "message", "details"}` (recorded like a success), or

@@ -9,7 +9,14 @@ from typing import Final
 import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.errors import NoRespondersError
+from nats.errors import (
+    ConnectionReconnectingError,
+    NoRespondersError,
+    OutboundBufferLimitError,
+    SlowConsumerError,
+    StaleConnectionError,
+)
+from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.micro.request import ERROR_HEADER
 from pydantic import ValidationError
@@ -20,6 +27,15 @@ from ledger.settings import Settings
 
 _BACKOFF_BASE_S: Final = 0.1
 _BACKOFF_MAX_S: Final = 2.0
+_WORTH_RETRYING: Final = (
+    NatsTimeoutError,  # no answer in time (a flush timeout too)
+    NoRespondersError,  # no instance subscribed: one may be starting
+    ConnectionReconnectingError,
+    OutboundBufferLimitError,  # the buffer filled while reconnecting
+    StaleConnectionError,
+    SlowConsumerError,
+)
+"""Failures a later attempt, under the same command id, may not meet."""
 
 
 class CommandClient:
@@ -40,9 +56,10 @@ class CommandClient:
     async def send(self, subject: str, command: Command, reply_model: type[ReplyT]) -> ReplyT:
         """Send `command` in the current context and return its reply.
 
-        Timeouts and "no responders" are retried with backoff under the same command id, so
-        a retry never applies the command twice. Raises CommandRefused when the participant
-        declines, CommandFailed on an error reply or when every attempt went unanswered.
+        Timeouts, "no responders" and a reconnecting connection are retried with backoff
+        under the same command id, so a retry never applies the command twice. Raises
+        CommandRefused when the participant declines; CommandFailed on an error reply, when
+        every attempt went unanswered, or when NATS cannot send it at all (closed, draining).
         """
         payload = command.model_dump_json().encode()
         headers = current().as_headers()
@@ -53,11 +70,15 @@ class CommandClient:
                 message = await self._nc.request(
                     subject, payload, timeout=self._timeout_s, headers=headers
                 )
-            except (NatsTimeoutError, NoRespondersError) as error:
+            except _WORTH_RETRYING as error:
                 unanswered = error
                 if attempt < attempts:
                     await asyncio.sleep(_backoff_s(attempt))
                 continue
+            except NatsError as error:
+                raise CommandFailed(
+                    f"{subject} could not be sent: {error!r}", subject=subject, attempts=attempt
+                ) from error
             return _reply_from(subject, message, reply_model, attempt)
         raise CommandFailed(
             f"{subject} went unanswered after {attempts} attempts: {unanswered}",

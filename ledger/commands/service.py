@@ -199,9 +199,9 @@ class CommandService:
     async def _execute(self, endpoint: _Endpoint, command: Command) -> tuple[Outcome, Envelope]:
         """Replay the recorded reply, else apply; re-run on a concurrent writer, boundedly."""
         for attempt in range(self._conflict_retries + 1):
-            recorded = await self._recorded(command)
+            recorded = await self._recorded(endpoint, command)
             if recorded is not None:
-                return "replayed", recorded
+                return recorded
             try:
                 return await self._attempt(endpoint, command)
             except ConcurrencyError:
@@ -217,10 +217,10 @@ class CommandService:
         except Exception:
             # Our transaction rolled back; a reply recorded meanwhile (our append or our
             # record_reply lost a race for this command_id) is the command's answer.
-            recorded = await self._recorded(command)
+            recorded = await self._recorded(endpoint, command)
             if recorded is None:
                 raise
-            return "replayed", recorded
+            return recorded
 
     async def _apply_or_refuse(
         self, endpoint: _Endpoint, command: Command
@@ -250,7 +250,16 @@ class CommandService:
         ):
             raise _AnsweredElsewhere(str(command.command_id))
 
-    async def _recorded(self, command: Command) -> Envelope | None:
-        """The reply committed for the command, if any."""
-        return await recorded_reply(self._store.pool, self._store.schema, command.command_id)
-
+    async def _recorded(
+        self, endpoint: _Endpoint, command: Command
+    ) -> tuple[Outcome, Envelope] | None:
+        """The answer committed for the command, if any: its reply replayed, or an error
+        when its id was used on another endpoint (that command was not this one)."""
+        recorded = await recorded_reply(self._store.pool, self._store.schema, command.command_id)
+        if recorded is None:
+            return None
+        if recorded.endpoint != endpoint.subject:
+            message = f"command_id {command.command_id} was already used for {recorded.endpoint}"
+            _log.warning("%s; %s refused it", message, endpoint.subject)
+            return "error", error_envelope("400", message)
+        return "replayed", recorded.reply

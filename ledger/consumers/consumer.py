@@ -8,7 +8,6 @@ from collections.abc import Awaitable
 from dataclasses import replace
 from typing import Final
 
-import asyncpg
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -16,6 +15,8 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from eventstore import EventStore, StoreUnavailable, mark_handled
+from eventstore._db import Connection
+from eventstore._translate import translated_errors
 from ledger import context, metrics
 from ledger.bus import dead_letter_subject
 from ledger.consumers.messages import (
@@ -37,16 +38,6 @@ _MAX_ERROR_CHARS: Final = 500
 _MAX_RETRY_PAUSE_S: Final = 5.0
 _FIRST_RETRY_PAUSE_S: Final = 0.1
 
-# Failures of the store, not of the message: they never count towards parking a message.
-_STORE_DOWN: Final = (
-    StoreUnavailable,
-    ConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.TooManyConnectionsError,
-)
 # Failures of NATS while fetching or subscribing: the client reconnects by itself.
 _BUS_DOWN: Final = (nats.errors.Error, asyncio.TimeoutError, OSError)
 
@@ -56,6 +47,15 @@ class HandlerTimedOut(Exception):
 
     def __init__(self, limit_s: float) -> None:
         super().__init__(f"the handler ran longer than {limit_s:.1f}s")
+
+
+class _HandlerFailed(Exception):
+    """Carries the handler's own error out of the transaction, past the store's translation,
+    so it is retried or parked; only a StoreUnavailable means the store is down."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(repr(error))
+        self.error = error
 
 
 class DurableConsumer:
@@ -175,11 +175,14 @@ class DurableConsumer:
     async def _apply(self, msg: Msg, event: ConsumedEvent) -> bool:
         try:
             is_new = await self._transact(event)
-        except _STORE_DOWN as error:
+        except StoreUnavailable as error:  # not the message's fault: never counts towards parking
             _log.warning("consumer %s: store unavailable: %r", self.durable_name, error)
             await _quietly(msg.nak(self.options.retry_delay_s(event.delivery_count)))
             return False
-        except Exception as error:  # the handler's failure, whatever it is, is retried or parked
+        except _HandlerFailed as failed:
+            await self._fail(msg, event, failed.error)
+            return True
+        except Exception as error:  # PostgreSQL refused the mark or the commit: retry or park
             await self._fail(msg, event, error)
             return True
         await _quietly(msg.ack())
@@ -188,18 +191,33 @@ class DurableConsumer:
         return True
 
     async def _transact(self, event: ConsumedEvent) -> bool:
-        """Mark and handle `event` in one transaction; False when it was handled already."""
-        async with self._store.pool.acquire() as connection, connection.transaction():
-            if not await mark_handled(
-                connection, self._store.schema, self.durable_name, event.message_id
-            ):
-                return False
-            try:
-                async with asyncio.timeout(self.options.ack_wait_s):
-                    await self._handler(connection, event)
-            except TimeoutError as error:
-                raise HandlerTimedOut(self.options.ack_wait_s) from error
-            return True
+        """Mark and handle `event` in one transaction; False when it was handled already.
+
+        Raises StoreUnavailable when PostgreSQL cannot be reached (a connect timeout
+        included), _HandlerFailed when the handler failed, another EventStoreError when
+        PostgreSQL refused the mark or the commit.
+        """
+        with translated_errors():
+            async with self._store.pool.acquire() as connection, connection.transaction():
+                if not await mark_handled(
+                    connection, self._store.schema, self.durable_name, event.message_id
+                ):
+                    return False
+                await self._handle(connection, event)
+                return True
+
+    async def _handle(self, connection: Connection, event: ConsumedEvent) -> None:
+        try:
+            async with asyncio.timeout(self.options.ack_wait_s):
+                await self._handler(connection, event)
+        except StoreUnavailable:
+            raise
+        except TimeoutError as error:
+            raise _HandlerFailed(HandlerTimedOut(self.options.ack_wait_s)) from error
+        except Exception as error:
+            if connection.is_closed():
+                raise  # the connection was lost under the handler: translated as the store's
+            raise _HandlerFailed(error) from error
 
     async def _fail(self, msg: Msg, event: ConsumedEvent, error: Exception) -> None:
         if event.delivery_count >= self.options.max_deliver:
@@ -264,12 +282,6 @@ async def _quietly(settling: Awaitable[None]) -> None:
         await settling
     except _BUS_DOWN as error:
         _log.warning("NATS did not take an acknowledgement: %r", error)
-
-
-def _text(value: object) -> str:
-    if not isinstance(value, str) or not value:
-        raise TypeError(f"expected a non-empty string, got {value!r}")
-    return value
 
 
 def _header_safe(text: str) -> str:

@@ -14,7 +14,10 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+import asyncpg
 import orjson
 import pytest
 from nats.aio.client import Client
@@ -246,6 +249,71 @@ async def test_an_unavailable_store_delays_a_message_but_never_parks_it(
 
     assert await applied_counts(store, applied_table) == Counter([event_id])
     assert handled(token, "dead_lettered") == 0
+
+
+class UnreachableAtFirst:
+    """A pool whose first acquisitions time out, like connecting to a PostgreSQL that is
+    restarting; later ones are the real pool's."""
+
+    def __init__(self, pool: Any, failures: int) -> None:
+        self.pool = pool
+        self.failures = failures
+
+    def acquire(self) -> Any:
+        if self.failures == 0:
+            return self.pool.acquire()
+        self.failures -= 1
+        return self
+
+    async def __aenter__(self) -> None:
+        raise TimeoutError("connecting to PostgreSQL timed out")
+
+    async def __aexit__(self, *_: object) -> None:
+        pass
+
+
+async def test_a_timeout_reaching_the_store_delays_a_message_but_never_parks_it(
+    nc: Client, store: EventStore, applied_table: str, token: str
+) -> None:
+    js = nc.jetstream()
+    event_id = await publish_event(js, token)
+    unreachable = SimpleNamespace(
+        pool=UnreachableAtFirst(store.pool, _FAST.max_deliver + 1), schema=store.schema
+    )
+    consumer = DurableConsumer(
+        nc, unreachable, token, f"ledger.{token}.>", recording(applied_table), _FAST,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+    async def applied() -> bool:
+        return handled(token, "applied") == 1
+
+    await run_until(consumer, applied)
+
+    assert await applied_counts(store, applied_table) == Counter([event_id])
+    assert handled(token, "dead_lettered") == 0
+    assert handled(token, "failed") == 0
+
+
+async def test_a_handlers_own_interface_error_is_its_failure_and_parks_the_message(
+    nc: Client, store: EventStore, token: str
+) -> None:
+    js = nc.jetstream()
+    await publish_event(js, token)
+
+    async def misusing_the_connection(connection: Connection, event: ConsumedEvent) -> None:
+        raise asyncpg.InterfaceError("cannot perform operation: another operation is in progress")
+
+    consumer = DurableConsumer(
+        nc, store, token, f"ledger.{token}.>", misusing_the_connection, _FAST
+    )
+
+    async def parked() -> bool:
+        return handled(token, "dead_lettered") == 1
+
+    await run_until(consumer, parked)
+
+    assert handled(token, "dead_lettered") == 1
+    assert handled(token, "failed") == _FAST.max_deliver - 1
 
 
 async def test_poison_and_failing_messages_are_parked_and_the_rest_applied(

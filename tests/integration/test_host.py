@@ -14,20 +14,42 @@ import httpx
 import orjson
 import pytest
 import uvicorn
+from fastapi import FastAPI
 
+from eventstore import DuplicateEventError
+from ledger import streaming
 from ledger.embedded import EmbeddedNats, free_port
-from ledger.host import ServiceHost, running
+from ledger.host import Runtime, ServiceHost, running
 from ledger.http import create_app
 from ledger.settings import Settings
 from tests.integration.notes_service import NotesService
 
 
-def settings_for(database_url: str, nats_url: str) -> Settings:
+def settings_for(database_url: str, nats_url: str, **overrides: Any) -> Settings:
     prefix = f"t{uuid.uuid4().hex[:8]}_"
     return Settings(
         database_url=database_url, nats_url=nats_url, schema_prefix=prefix,
-        subscription_poll_interval_s=0.05,
+        subscription_poll_interval_s=0.05, **overrides,
     )  # fmt: skip
+
+
+class FlakyNotesService(NotesService):
+    """Notes, with a background task that crashes on its first run when told to."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+        self.crash = asyncio.Event()
+
+    async def start(self, runtime: Runtime) -> None:
+        await super().start(runtime)
+        runtime.spawn(self.work, "flaky")
+
+    async def work(self) -> None:
+        self.runs += 1
+        if self.runs == 1:
+            await self.crash.wait()
+            raise RuntimeError("flaky work fell over")
+        await asyncio.Event().wait()
 
 
 @pytest.fixture
@@ -38,8 +60,8 @@ async def host(database_url: str, nats_url: str, pool: asyncpg.Pool) -> AsyncIte
     await pool.execute(f"drop schema {settings.schema_for('notes')} cascade")
 
 
-def client_of(host: ServiceHost) -> httpx.AsyncClient:
-    app = create_app(host, manage_host=False)
+def client_of(host: ServiceHost, app: FastAPI | None = None) -> httpx.AsyncClient:
+    app = app or create_app(host, manage_host=False)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ledger")
 
 
@@ -157,3 +179,128 @@ async def follow_while_writing(client: httpx.AsyncClient, note_id: str) -> list[
             if len(received) == 3:
                 return received
     return received
+
+
+async def test_a_crashed_background_task_is_restarted_and_not_ready_meanwhile(
+    database_url: str, nats_url: str, pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = settings_for(database_url, nats_url, task_restart_first_s=0.5)
+    service = FlakyNotesService()
+    try:
+        async with running(ServiceHost(settings, [service])) as host, client_of(host) as client:
+            before = await client.get("/health/ready")
+            service.crash.set()
+            down = await eventually_status(client, "/health/ready", 503)
+            up = await eventually_status(client, "/health/ready", 200)
+            metrics = (await client.get("/metrics")).text
+    finally:
+        await pool.execute(f"drop schema {settings.schema_for('notes')} cascade")
+
+    assert before.json()["checks"]["task:notes:flaky"] is True
+    assert down.json()["checks"]["task:notes:flaky"] is False
+    assert down.json()["checks"]["task:notes:relay"] is True
+    assert up.json()["checks"]["task:notes:flaky"] is True
+    assert service.runs == 2
+    assert "background task notes:flaky crashed" in caplog.text
+    assert "flaky work fell over" in caplog.text
+    assert 'ledger_background_task_up{task="notes:flaky"} 1.0' in metrics
+
+
+async def test_an_unhandled_error_is_a_500_problem_with_the_correlation_id(
+    host: ServiceHost, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = create_app(host, manage_host=False)
+
+    @app.get("/v1/boom")
+    async def boom() -> None:
+        raise RuntimeError("kaboom")
+
+    @app.get("/v1/duplicate")
+    async def duplicate() -> None:
+        raise DuplicateEventError("append to 'note-1' reuses stored event ids")
+
+    async with client_of(host, app) as client:
+        failed = await client.get("/v1/boom", headers={"X-Correlation-Id": "corr-500"})
+        conflicting = await client.get("/v1/duplicate")
+        metrics = (await client.get("/metrics")).text
+
+    assert failed.status_code == 500
+    assert failed.headers["content-type"] == "application/problem+json"
+    assert failed.headers["X-Correlation-Id"] == "corr-500"
+    assert "traceparent" in failed.headers
+    assert failed.json()["code"] == "internal_error"
+    assert failed.json()["correlation_id"] == "corr-500"
+    assert "kaboom" not in failed.text
+    assert "kaboom" in caplog.text
+    assert 'route="/v1/boom",status="500"' in metrics
+    assert conflicting.status_code == 409
+    assert conflicting.json()["code"] == "duplicate"
+    assert "X-Correlation-Id" in conflicting.headers
+
+
+async def test_an_http_client_cannot_choose_the_actor_in_event_metadata(
+    host: ServiceHost,
+) -> None:
+    note_id = uuid.uuid4().hex[:8]
+
+    async with client_of(host) as client:
+        response = await client.post(
+            f"/v1/notes/{note_id}", json={"text": "hi"}, headers={"X-Actor": "mallory"}
+        )
+
+    [event] = await host.runtimes["notes"].store.read_stream(f"note-{note_id}")
+    assert response.status_code == 201
+    assert "actor" not in event.metadata
+    assert "mallory" not in orjson.dumps(event.metadata).decode()
+
+
+async def test_a_last_event_id_beyond_any_version_is_refused(host: ServiceHost) -> None:
+    note_id = uuid.uuid4().hex[:8]
+
+    async with client_of(host) as client:
+        await client.post(f"/v1/notes/{note_id}", json={"text": "hi"})
+        response = await client.get(
+            f"/v1/streams/note-{note_id}/events", headers={"Last-Event-ID": "9" * 20}
+        )
+
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "Last-Event-ID" in response.json()["detail"]
+
+
+async def test_a_followed_stream_ends_when_the_host_stops(host: ServiceHost) -> None:
+    note_id = uuid.uuid4().hex[:8]
+    store = host.runtimes["notes"].store
+    async with client_of(host) as client:
+        await client.post(f"/v1/notes/{note_id}", json={"text": "hi"})
+
+    class StillConnected:
+        async def is_disconnected(self) -> bool:
+            return False
+
+    events = streaming._follow(
+        StillConnected(),  # type: ignore[arg-type]
+        store, host.notifier_for(store), f"note-{note_id}", 1, host.is_stopping,
+    )  # fmt: skip
+    first = await anext(events)
+
+    async def second() -> bytes:
+        return await anext(events)
+
+    waiting = asyncio.create_task(second())
+    await asyncio.sleep(0.1)
+    host.is_stopping.set()
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(waiting, 2)  # well before the heartbeat
+
+    assert first.startswith(b"id: 1\n")
+
+
+async def test_the_streams_keep_messages_for_a_bounded_time(host: ServiceHost) -> None:
+    js = host.runtimes["notes"].js
+
+    events = await js.stream_info(host.settings.events_stream)
+    dead = await js.stream_info(f"{host.settings.events_stream}_DEAD")
+
+    assert events.config.max_age == host.settings.events_stream_max_age_s
+    assert dead.config.max_age == host.settings.dead_letter_max_age_s
