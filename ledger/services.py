@@ -5,11 +5,15 @@ from __future__ import annotations
 from account_service.app import AccountService
 from ledger.host import Service
 from risk_service.app import RiskService
+from saga.app import SagaService
+from trade_service.app import TradeService
 
 
 def available_services() -> dict[str, Service]:
-    """Every domain service, keyed by the name `ledger serve` takes.
-
-    Domain services register here as they are built (account, risk, trade, saga).
-    """
-    return {"account": AccountService(), "risk": RiskService()}
+    """Every domain service, keyed by the name `ledger serve` takes."""
+    return {
+        "account": AccountService(),
+        "risk": RiskService(),
+        "trade": TradeService(),
+        "saga": SagaService(),
+    }

@@ -1,0 +1,235 @@
+"""The saga log in PostgreSQL: one stream per saga, and `saga_runs`, its inline index.
+
+`saga_runs` is the projection of every saga stream that workers query: status, when the
+saga is next due, and the lease of the orchestrator advancing it. The projection writes
+the status columns in each append's transaction; only the lease functions below touch the
+lease columns, each in one short statement (never a transaction held across a request).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+from eventstore import EventStore, NewEvent, Projection, RecordedEvent, UnitOfWork
+from eventstore._db import Connection, Executor
+from saga.contracts import CATEGORY, SagaEvent, SagaStatus, event_of, stream_of
+from saga.definition import SagaDefinition
+from saga.state import SagaState, evolve, fold
+
+RUNS_TABLE: Final = "saga_runs"
+_PAGE_EVENTS: Final = 1_000
+_ACTIVE = (SagaStatus.RUNNING.value, SagaStatus.COMPENSATING.value)
+_STATUS_OF_EVENT: Final = {
+    "SagaCompensating": SagaStatus.COMPENSATING,
+    "SagaCompleted": SagaStatus.COMPLETED,
+    "SagaRejected": SagaStatus.REJECTED,
+    "SagaFailed": SagaStatus.FAILED,
+}
+
+
+class SagaRunsProjection(Projection):
+    """One row per saga: its status, when it is next due, and the lease on it."""
+
+    name = RUNS_TABLE
+    table = RUNS_TABLE
+    key_columns = ("saga_id",)
+
+    def create_sql(self, table: str) -> str:
+        """The runs table, indexed for the workers' claim and the API's status listing."""
+        return f"""
+            create table {table} (
+                saga_id text primary key,
+                kind text not null,
+                status text not null,
+                parked_from text,
+                version bigint not null,
+                next_attempt_at timestamptz,
+                reason text,
+                last_error text,
+                started_at timestamptz not null,
+                updated_at timestamptz not null,
+                lease_owner text,
+                lease_until timestamptz
+            );
+            create index on {table} (next_attempt_at)
+                where status in ('running', 'compensating');
+            create index on {table} (status, saga_id);
+        """
+
+    async def apply(self, connection: Connection, table: str, event: RecordedEvent) -> None:
+        """Fold one saga event into its saga's row."""
+        if event.category != CATEGORY:
+            return
+        saga_id = event.stream_id[len(CATEGORY) + 1 :]
+        if event.event_type == "SagaStarted":
+            await connection.execute(
+                f"insert into {table} (saga_id, kind, status, version, next_attempt_at,"
+                " started_at, updated_at) values ($1, $2, 'running', $3, $4, $4, $4)",
+                saga_id, event.data["kind"], event.stream_version, event.recorded_at,
+            )  # fmt: skip
+            return
+        await _update_row(connection, table, saga_id, event)
+
+
+def _changes(event: RecordedEvent) -> dict[str, Any]:
+    """The columns `event` changes besides version and updated_at."""
+    data = event.data
+    match event.event_type:
+        case "StepFailed":
+            return {"next_attempt_at": datetime.fromisoformat(data["retry_at"]),
+                    "last_error": data["error"]}  # fmt: skip
+        case "SagaParked":
+            return {"status": SagaStatus.REQUIRES_INTERVENTION.value, "next_attempt_at": None,
+                    "last_error": data["error"], "parked_from": _CURRENT_STATUS}  # fmt: skip
+        case "SagaRetried":
+            return {"status": _PARKED_FROM, "parked_from": None,
+                    "next_attempt_at": event.recorded_at}  # fmt: skip
+        case "SagaCompensating":
+            return {"status": SagaStatus.COMPENSATING.value, "reason": data["reason"],
+                    "next_attempt_at": event.recorded_at}  # fmt: skip
+        case "SagaRejected" | "SagaFailed" | "SagaCompleted":
+            return {"status": _STATUS_OF_EVENT[event.event_type].value,
+                    "reason": data.get("reason"), "next_attempt_at": None}  # fmt: skip
+    return {"next_attempt_at": event.recorded_at}
+
+
+class _Column:
+    """A value that is another column of the row (the SQL copies it)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+_CURRENT_STATUS: Final = _Column("status")
+_PARKED_FROM: Final = _Column("parked_from")
+
+
+def _set_clause(changes: dict[str, Any], first_index: int) -> tuple[str, list[Any]]:
+    parts, values = [], []
+    for name, value in changes.items():
+        if isinstance(value, _Column):
+            parts.append(f"{name} = {value.name}")
+        else:
+            values.append(value)
+            parts.append(f"{name} = ${first_index + len(values) - 1}")
+    return ", ".join(parts), values
+
+
+async def _update_row(
+    connection: Connection, table: str, saga_id: str, event: RecordedEvent
+) -> None:
+    clause, values = _set_clause(_changes(event), 4)
+    done = await connection.execute(
+        f"update {table} set version = $2, updated_at = $3, {clause}"
+        " where saga_id = $1 and version = $2 - 1",
+        saga_id, event.stream_version, event.recorded_at, *values,
+    )  # fmt: skip
+    assert done == "UPDATE 1", f"saga_runs row of {saga_id} skipped an event"
+
+
+# --- reading and writing a saga's log ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedSaga:
+    """A saga's log and its fold."""
+
+    state: SagaState
+    events: tuple[RecordedEvent, ...]
+
+
+async def load(store: EventStore, definition: SagaDefinition, saga_id: str) -> LoadedSaga:
+    """The saga's whole log, folded; raises StreamNotFound for an unknown saga."""
+    recorded: list[RecordedEvent] = []
+    while True:
+        page = await store.read_stream(
+            stream_of(saga_id), from_version=len(recorded) + 1, limit=_PAGE_EVENTS
+        )
+        recorded.extend(page)
+        if len(page) < _PAGE_EVENTS:
+            break
+    state = fold(definition, (event_of(e.event_type, e.data) for e in recorded))
+    assert state.version == len(recorded), "one version per event"
+    return LoadedSaga(state, tuple(recorded))
+
+
+def new_events(events: Sequence[SagaEvent], metadata: dict[str, Any]) -> list[NewEvent]:
+    """The saga events as events to append."""
+    return [
+        NewEvent(event.event_type, event.model_dump(mode="json"), metadata) for event in events
+    ]
+
+
+async def record(
+    unit: UnitOfWork,
+    definition: SagaDefinition,
+    state: SagaState,
+    events: Sequence[SagaEvent],
+    metadata: dict[str, Any],
+) -> SagaState:
+    """Append `events` at the version `state` was folded to; raises ConcurrencyError when
+    another writer appended first. Returns the state after them."""
+    await unit.append(stream_of(state.saga_id), new_events(events, metadata), state.version)
+    for event in events:
+        state = evolve(definition, state, event)
+    return state
+
+
+# --- leases -------------------------------------------------------------------------------
+
+
+async def claim_due(
+    executor: Executor, schema: str, owner: str, now: datetime, lease_s: float, limit: int
+) -> list[str]:
+    """Lease up to `limit` active sagas due at `now` to `owner`; the ids it now holds."""
+    table = f"{schema}.{RUNS_TABLE}"
+    rows = await executor.fetch(
+        f"update {table} set lease_owner = $1, lease_until = $3"
+        f" where saga_id in (select saga_id from {table}"
+        "   where status = any($5::text[]) and next_attempt_at <= $2"
+        "     and (lease_until is null or lease_until < $2)"
+        "   order by next_attempt_at limit $4 for update skip locked)"
+        " returning saga_id",
+        owner, now, now + timedelta(seconds=lease_s), limit, list(_ACTIVE),
+    )  # fmt: skip
+    return [row["saga_id"] for row in rows]
+
+
+async def renew_lease(
+    executor: Executor, schema: str, saga_id: str, owner: str, until: datetime
+) -> bool:
+    """Extend `owner`'s lease on the saga to `until`; False when it holds it no longer."""
+    row = await executor.fetchval(
+        f"update {schema}.{RUNS_TABLE} set lease_until = $3"
+        " where saga_id = $1 and lease_owner = $2 returning 1",
+        saga_id, owner, until,
+    )  # fmt: skip
+    return row is not None
+
+
+async def release_lease(
+    executor: Executor, schema: str, saga_id: str, owner: str, not_before: datetime | None
+) -> None:
+    """Give up `owner`'s lease; with `not_before`, no worker claims the saga before then."""
+    await executor.execute(
+        f"update {schema}.{RUNS_TABLE} set lease_owner = null, lease_until = $3"
+        " where saga_id = $1 and lease_owner = $2",
+        saga_id, owner, not_before,
+    )  # fmt: skip
+
+
+async def list_runs(
+    executor: Executor, schema: str, status: SagaStatus | None, after: str | None, limit: int
+) -> list[dict[str, Any]]:
+    """Rows of `saga_runs` in saga id order, after the id `after`, of `status` if given."""
+    rows = await executor.fetch(
+        f"select saga_id, kind, status, reason, last_error, next_attempt_at, started_at,"
+        f" updated_at from {schema}.{RUNS_TABLE}"
+        " where ($1::text is null or status = $1) and ($2::text is null or saga_id > $2)"
+        " order by saga_id limit $3",
+        None if status is None else status.value, after, limit,
+    )  # fmt: skip
+    return [dict(row) for row in rows]

@@ -1,0 +1,336 @@
+"""A saga's state as a fold of its log, and the pure decisions that drive it.
+
+    state = fold(events)                       # SagaState, the log's meaning
+    action = next_action(definition, state, now)
+    events = after_outcome(definition, state, outcome, now, policy, jitter)
+
+Nothing here does I/O: the orchestrator records what `after_outcome` decides and performs
+what `next_action` asks, so every branch of the policy is tested without a server.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from saga.contracts import (
+    FINAL_STATUSES,
+    SagaCompensating,
+    SagaCompleted,
+    SagaEvent,
+    SagaFailed,
+    SagaKind,
+    SagaParked,
+    SagaRejected,
+    SagaRetried,
+    SagaStarted,
+    SagaStatus,
+    StepFailed,
+    StepRefused,
+    StepStarted,
+    StepSucceeded,
+)
+from saga.definition import SagaDefinition, Step, StepInput, command_id
+from trade_service.contracts import SettlementLeg
+
+
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    """A step whose command was recorded as sent and whose outcome is not recorded yet."""
+
+    step: str
+    command_id: uuid.UUID
+    attempt: int
+    is_compensation: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SagaState:
+    """Everything the log says about one saga."""
+
+    saga_id: str
+    kind: SagaKind
+    legs: tuple[SettlementLeg, ...]
+    deadline_at: datetime
+    version: int = 1
+    status: SagaStatus = SagaStatus.RUNNING
+    done: tuple[str, ...] = ()
+    compensations: tuple[str, ...] = ()
+    compensated: tuple[str, ...] = ()
+    in_flight: InFlight | None = None
+    failed_attempts: int = 0
+    retry_at: datetime | None = None
+    is_past_pivot: bool = False
+    outcome: Literal["rejected", "failed"] | None = None
+    reason: str | None = None
+    detail: str | None = None
+    last_error: str | None = None
+    parked_from: SagaStatus | None = None
+    retry_series: int = 0
+
+    def step_input(self) -> StepInput:
+        """What this saga's commands are built from."""
+        return StepInput(self.saga_id, self.legs, self.reason, self.detail)
+
+
+def started(event: SagaStarted) -> SagaState:
+    """The state of a saga just started."""
+    return SagaState(event.saga_id, event.kind, event.legs, event.deadline_at)
+
+
+def evolve(definition: SagaDefinition, state: SagaState, event: SagaEvent) -> SagaState:
+    """The state after `event` (the version advances by one)."""
+    state = replace(state, version=state.version + 1)
+    match event:
+        case StepStarted():
+            is_pivot = not event.is_compensation and event.step == definition.pivot
+            is_pivot_passed = state.is_past_pivot or is_pivot
+            return replace(state, in_flight=InFlight(event.step, event.command_id, event.attempt,
+                                                      event.is_compensation),
+                           retry_at=None, is_past_pivot=is_pivot_passed)  # fmt: skip
+        case StepSucceeded():
+            assert state.in_flight is not None, "a reply answers a step in flight"
+            if state.in_flight.is_compensation:
+                state = replace(state, compensated=(*state.compensated, event.step))
+            else:
+                state = replace(state, done=(*state.done, event.step))
+            return replace(state, in_flight=None, failed_attempts=0, last_error=None)
+        case StepRefused():
+            assert state.in_flight is not None, "a refusal answers a step in flight"
+            return replace(state, in_flight=None, last_error=f"refused: {event.code}")
+        case StepFailed():
+            assert state.in_flight is not None, "a failure ends a step in flight"
+            return replace(state, in_flight=None, failed_attempts=event.attempt,
+                           retry_at=event.retry_at, last_error=event.error)  # fmt: skip
+        case SagaCompensating():
+            return replace(state, status=SagaStatus.COMPENSATING, compensations=event.steps,
+                           failed_attempts=0, retry_at=None, outcome=event.outcome,
+                           reason=event.reason, detail=event.detail)  # fmt: skip
+        case SagaParked():
+            return replace(state, status=SagaStatus.REQUIRES_INTERVENTION,
+                           parked_from=state.status, last_error=event.error)  # fmt: skip
+        case SagaRetried():
+            assert state.parked_from is not None, "only a parked saga is retried"
+            return replace(state, status=state.parked_from, parked_from=None, failed_attempts=0,
+                           retry_at=None, retry_series=state.retry_series + 1)  # fmt: skip
+        case SagaCompleted():
+            return replace(state, status=SagaStatus.COMPLETED)
+        case SagaRejected():
+            return replace(state, status=SagaStatus.REJECTED)
+        case SagaFailed():
+            return replace(state, status=SagaStatus.FAILED)
+    raise AssertionError(f"a saga never records {event!r}")
+
+
+def fold(definition: SagaDefinition, events: Iterable[SagaEvent]) -> SagaState:
+    """The state of a saga from its whole log (the first event is SagaStarted)."""
+    iterator = iter(events)
+    first = next(iterator)
+    assert isinstance(first, SagaStarted), "a saga's log starts with SagaStarted"
+    state = started(first)
+    for event in iterator:
+        state = evolve(definition, state, event)
+    return state
+
+
+# --- what to do next ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send `step`'s command; `is_recorded`: its StepStarted is in the log already (resend)."""
+
+    step: Step
+    command_id: uuid.UUID
+    attempt: int
+    is_compensation: bool
+    is_recorded: bool
+
+    def started_event(self) -> StepStarted:
+        """The event that records this send before it happens."""
+        return StepStarted(step=self.step.name, command_id=self.command_id,
+                           attempt=self.attempt, is_compensation=self.is_compensation)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Nothing to do before `until`."""
+
+    until: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """Append `events` (a decision that needs no participant: finish, or compensate)."""
+
+    events: tuple[SagaEvent, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Idle:
+    """Nothing to do: the saga is final, or parked until an operator retries it."""
+
+
+Action = Send | Wait | Record | Idle
+
+
+def next_action(definition: SagaDefinition, state: SagaState, now: datetime) -> Action:
+    """What the orchestrator must do next for `state` at `now`."""
+    if state.status in FINAL_STATUSES or state.status is SagaStatus.REQUIRES_INTERVENTION:
+        return Idle()
+    if state.in_flight is not None:  # recorded as sent, outcome unknown: send it again
+        flight = state.in_flight
+        return Send(definition.step(flight.step), flight.command_id, flight.attempt,
+                    flight.is_compensation, is_recorded=True)  # fmt: skip
+    if state.status is SagaStatus.RUNNING:
+        return _forward(definition, state, now)
+    return _compensating(definition, state, now)
+
+
+def _forward(definition: SagaDefinition, state: SagaState, now: datetime) -> Action:
+    if not state.is_past_pivot and now >= state.deadline_at:
+        plan = _plan(definition, state.done, "failed")
+        return Record((SagaCompensating(reason="deadline_exceeded", outcome="failed",
+                                        detail=f"the saga's deadline {state.deadline_at} passed",
+                                        steps=plan),))  # fmt: skip
+    if state.retry_at is not None and now < state.retry_at:
+        until = state.retry_at if state.is_past_pivot else min(state.retry_at, state.deadline_at)
+        return Wait(until)
+    remaining = [step for step in definition.steps if step.name not in state.done]
+    if not remaining:
+        return Record((SagaCompleted(),))
+    return _send(remaining[0], state, is_compensation=False)
+
+
+def _compensating(definition: SagaDefinition, state: SagaState, now: datetime) -> Action:
+    if state.retry_at is not None and now < state.retry_at:
+        return Wait(state.retry_at)
+    remaining = state.compensations[len(state.compensated):]
+    if not remaining:
+        final: SagaEvent
+        if state.outcome == "rejected":
+            final = SagaRejected(reason=state.reason or "refused", detail=state.detail)
+        else:
+            final = SagaFailed(reason=state.reason or "failed", detail=state.detail)
+        return Record((final,))
+    return _send(definition.compensations[remaining[0]], state, is_compensation=True)
+
+
+def _send(step: Step, state: SagaState, *, is_compensation: bool) -> Send:
+    cid = command_id(state.saga_id, step.name, state.retry_series)
+    return Send(step, cid, state.failed_attempts + 1, is_compensation, is_recorded=False)
+
+
+def _plan(
+    definition: SagaDefinition, done: Iterable[str], outcome: Literal["rejected", "failed"]
+) -> tuple[str, ...]:
+    """Compensations of `done` steps in reverse order, then the final notice."""
+    undo = [definition.step(name).compensation for name in reversed(tuple(done))]
+    notice = definition.reject if outcome == "rejected" else definition.fail
+    return (*(name for name in undo if name is not None), notice)
+
+
+# --- what an outcome means ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Replied:
+    reply: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    code: str
+    detail: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Unanswered:
+    error: str
+
+
+Outcome = Replied | Refused | Unanswered
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often a step is tried, and the pause between tries (exponential, jittered)."""
+
+    max_attempts: int
+    backoff_first_s: float
+    backoff_max_s: float
+
+    def __post_init__(self) -> None:
+        assert self.max_attempts >= 1, "a step is tried at least once"
+        assert 0 < self.backoff_first_s <= self.backoff_max_s, "backoff bounds are ordered"
+
+    def retry_at(self, now: datetime, attempt: int, jitter: float) -> datetime:
+        """When to try again after `attempt` failed; `jitter` in [0, 1] spreads half of it."""
+        assert 0.0 <= jitter <= 1.0, "jitter is a fraction"
+        ceiling_s = min(self.backoff_max_s, self.backoff_first_s * 2.0 ** min(attempt - 1, 60))
+        return now + timedelta(seconds=ceiling_s / 2 + jitter * ceiling_s / 2)
+
+
+def after_outcome(
+    definition: SagaDefinition,
+    state: SagaState,
+    outcome: Outcome,
+    now: datetime,
+    policy: RetryPolicy,
+    jitter: float,
+) -> tuple[SagaEvent, ...]:
+    """The events that record `outcome` of the step in flight, and what it leads to."""
+    flight = state.in_flight
+    assert flight is not None, "an outcome answers a step in flight"
+    match outcome:
+        case Replied():
+            return (StepSucceeded(step=flight.step, reply=outcome.reply),)
+        case Refused():
+            return _after_refusal(definition, state, flight, outcome)
+        case Unanswered():
+            return _after_failure(definition, state, flight, outcome, now, policy, jitter)
+
+
+def _after_refusal(
+    definition: SagaDefinition, state: SagaState, flight: InFlight, refusal: Refused
+) -> tuple[SagaEvent, ...]:
+    refused = StepRefused(step=flight.step, code=refusal.code, detail=refusal.detail)
+    # A refusal is definitive and applied nothing, so even the pivot may still be undone.
+    may_undo = not flight.is_compensation and (
+        flight.step == definition.pivot or definition.is_before_pivot(flight.step)
+    )
+    if may_undo:
+        plan = _plan(definition, state.done, "rejected")
+        return (refused, SagaCompensating(reason=refusal.code, detail=refusal.detail,
+                                          outcome="rejected", steps=plan))  # fmt: skip
+    error = f"{flight.step} refused ({refusal.code}): {refusal.detail or 'no detail'}"
+    return (refused, SagaParked(step=flight.step, error=error))
+
+
+def _after_failure(
+    definition: SagaDefinition,
+    state: SagaState,
+    flight: InFlight,
+    failure: Unanswered,
+    now: datetime,
+    policy: RetryPolicy,
+    jitter: float,
+) -> tuple[SagaEvent, ...]:
+    is_forward_only = not flight.is_compensation and state.is_past_pivot
+    if flight.attempt < policy.max_attempts or is_forward_only:
+        retry_at = policy.retry_at(now, flight.attempt, jitter)
+        return (StepFailed(step=flight.step, error=failure.error, attempt=flight.attempt,
+                           retry_at=retry_at),)  # fmt: skip
+    failed = StepFailed(step=flight.step, error=failure.error, attempt=flight.attempt,
+                        retry_at=now)  # fmt: skip
+    if flight.is_compensation:
+        error = f"{flight.step} failed {flight.attempt} times: {failure.error}"
+        return (failed, SagaParked(step=flight.step, error=error))
+    # Unanswered, the step may have been applied: undo it too (void and release are safe
+    # for what never happened).
+    plan = _plan(definition, (*state.done, flight.step), "failed")
+    return (failed, SagaCompensating(reason="retries_exhausted", detail=failure.error,
+                                     outcome="failed", steps=plan))  # fmt: skip

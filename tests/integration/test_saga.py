@@ -1,0 +1,410 @@
+"""The settle-legs saga against the real account and risk services over real NATS and
+PostgreSQL, with a small trade service answering complete, reject and fail.
+
+Every participant serves under a name unique to this module (the command subjects are
+shared by whoever uses the NATS server), and the starter follows a subject unique to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import httpx
+import nats
+import orjson
+import pytest
+
+from account_service.app import VERSION as ACCOUNT_VERSION
+from account_service.app import AccountService
+from account_service.commands import register_commands as register_account_commands
+from eventstore import EventStore, UnitOfWork
+from ledger.commands import CommandRefused, CommandService
+from ledger.consumers import ConsumerOptions
+from ledger.host import Runtime, Service, ServiceHost, running
+from ledger.http import create_app
+from ledger.settings import Settings
+from risk_service.account_view import account_consumer, ensure_table
+from risk_service.api import default_limits, utc_now
+from risk_service.app import RiskService
+from risk_service.commands import register_commands as register_risk_commands
+from saga import Orchestrator, Participants, SagaService
+from trade_service.contracts import (
+    CompleteSettlement,
+    FailSettlement,
+    RejectSettlement,
+    SettlementLeg,
+    SettlementOutcome,
+    SettlementStatus,
+    TransferRequested,
+)
+
+TOKEN = secrets.token_hex(4)
+PARTICIPANTS = Participants(account=f"account-{TOKEN}", risk=f"risk-{TOKEN}",
+                            trade=f"trade-{TOKEN}")  # fmt: skip
+STARTING_PREFIX = f"ledger.t{TOKEN}trade"
+FINAL = {"completed", "rejected", "failed"}
+
+
+class _Account(AccountService):
+    """The account service, its commands served under this module's name."""
+
+    async def start(self, runtime: Runtime) -> None:
+        commands = CommandService(runtime.nc, runtime.store, name=PARTICIPANTS.account,
+                                  version=ACCOUNT_VERSION)  # fmt: skip
+        register_account_commands(commands, runtime.settings.assets())
+        await commands.start()
+        self._commands = commands
+
+
+class _Risk(RiskService):
+    """The risk service, its commands served under this module's name."""
+
+    async def start(self, runtime: Runtime) -> None:
+        store = runtime.store
+        await ensure_table(store)
+        consumer = account_consumer(runtime.nc, store,
+                                    ConsumerOptions.from_settings(runtime.settings),
+                                    durable_name=f"{store.schema}-accounts")  # fmt: skip
+        await consumer.ensure()
+        runtime.spawn(consumer.run, "account-view")
+        self._consumer = consumer
+        commands = CommandService(runtime.nc, store, name=PARTICIPANTS.risk, version="0.1.0")
+        register_risk_commands(commands, default_limits(runtime.settings), utc_now)
+        await commands.start()
+        self._commands = commands
+
+
+class Trade:
+    """A stand-in trade service: records what the saga told it; may hang or refuse."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, str, uuid.UUID]] = []
+        self.hang: set[str] = set()
+        self.refuse: set[str] = set()
+        self.released = asyncio.Event()
+
+    def register(self, service: CommandService) -> None:
+        async def answer(name: str, transfer_id: str, command_id: uuid.UUID,
+                         status: SettlementStatus) -> SettlementOutcome:  # fmt: skip
+            self.received.append((name, transfer_id, command_id))
+            if transfer_id in self.hang:
+                await self.released.wait()
+            if transfer_id in self.refuse:
+                raise CommandRefused("not_now", "the trade service refuses for the test")
+            return SettlementOutcome(transfer_id=transfer_id, status=status)
+
+        @service.command("complete", CompleteSettlement, SettlementOutcome)
+        async def complete(command: CompleteSettlement, _: UnitOfWork) -> SettlementOutcome:
+            return await answer("complete", command.transfer_id, command.command_id,
+                                SettlementStatus.COMPLETED)  # fmt: skip
+
+        @service.command("reject", RejectSettlement, SettlementOutcome)
+        async def reject(command: RejectSettlement, _: UnitOfWork) -> SettlementOutcome:
+            return await answer("reject", command.transfer_id, command.command_id,
+                                SettlementStatus.REJECTED)  # fmt: skip
+
+        @service.command("fail", FailSettlement, SettlementOutcome)
+        async def fail(command: FailSettlement, _: UnitOfWork) -> SettlementOutcome:
+            return await answer("fail", command.transfer_id, command.command_id,
+                                SettlementStatus.FAILED)  # fmt: skip
+
+    def told(self, transfer_id: str) -> list[str]:
+        return [name for name, tid, _ in self.received if tid == transfer_id]
+
+
+@pytest.fixture(scope="module")
+async def settings(database_url: str, nats_url: str) -> Settings:
+    return Settings(
+        database_url=database_url, nats_url=nats_url, schema_prefix=f"t{TOKEN}_",
+        saga_step_timeout_s=1.0, saga_step_max_attempts=3, saga_backoff_first_s=0.05,
+        saga_backoff_max_s=0.2, saga_lease_s=3.0, saga_poll_interval_s=0.05,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+async def host(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[ServiceHost]:
+    services: list[Service] = [_Account(), _Risk(),
+                SagaService(PARTICIPANTS, starting_subject=f"{STARTING_PREFIX}.>",
+                            is_advancing=False)]  # fmt: skip
+    async with running(ServiceHost(settings, services)) as started:
+        yield started
+    for name in ("account", "risk", "saga"):
+        await pool.execute(f"drop schema if exists {settings.schema_for(name)} cascade")
+    connection = await nats.connect(settings.nats_servers)
+    try:
+        for durable in (f"{settings.schema_for('risk')}-accounts",
+                        f"{settings.schema_for('saga')}-starter"):  # fmt: skip
+            with contextlib.suppress(Exception):
+                await connection.jetstream().delete_consumer(settings.events_stream, durable)
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(scope="module")
+async def trade(host: ServiceHost, pool: asyncpg.Pool) -> AsyncIterator[Trade]:
+    schema = f"t{TOKEN}_trade_stub"
+    store = EventStore(pool, schema)
+    await store.migrate()
+    stub = Trade()
+    assert host.nc is not None
+    service = CommandService(host.nc, store, name=PARTICIPANTS.trade, version="0.1.0",
+                             stop_grace_s=0.1)  # fmt: skip
+    stub.register(service)
+    await service.start()
+    yield stub
+    stub.released.set()
+    await service.stop()
+    await pool.execute(f"drop schema if exists {schema} cascade")
+
+
+@pytest.fixture(scope="module")
+async def client(host: ServiceHost) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=create_app(host, manage_host=False))
+    async with httpx.AsyncClient(transport=transport, base_url="http://ledger") as created:
+        yield created
+
+
+@contextlib.asynccontextmanager
+async def orchestrators(host: ServiceHost, count: int = 1) -> AsyncIterator[list[Orchestrator]]:
+    runtime = host.runtimes["saga"]
+    made = [Orchestrator(runtime.store, runtime.nc, runtime.settings, participants=PARTICIPANTS)
+            for _ in range(count)]  # fmt: skip
+    tasks = [asyncio.create_task(o.run()) for o in made]
+    try:
+        yield made
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def funded_account(client: httpx.AsyncClient, amount: str | None) -> str:
+    response = await client.post("/v1/accounts", json={"owner": "o-1", "currency": "USD"})
+    assert response.status_code == 201, response.text
+    account_id: str = response.json()["id"]
+    if amount is not None:
+        deposit = await client.post(f"/v1/accounts/{account_id}/deposits",
+                                    json={"amount": amount},
+                                    headers={"Idempotency-Key": str(uuid.uuid4())})  # fmt: skip
+        assert deposit.status_code == 201, deposit.text
+    return account_id
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout_s: float = 30) -> None:
+    """Wait until `check()` holds (it is polled: what it watches lives in other services)."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            if await check():
+                return
+            await asyncio.sleep(0.05)
+
+
+async def known_to_risk(client: httpx.AsyncClient, *account_ids: str) -> None:
+    for account_id in account_ids:
+        url = f"/v1/risk/accounts/{account_id}"
+        await until(functools.partial(_answers, client, url))
+
+
+async def _answers(client: httpx.AsyncClient, url: str) -> bool:
+    return (await client.get(url)).status_code == 200
+
+
+async def account(client: httpx.AsyncClient, account_id: str) -> dict[str, Any]:
+    response = await client.get(f"/v1/accounts/{account_id}")
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def settled(client: httpx.AsyncClient, saga_id: str, timeout_s: float = 30) -> dict[str, Any]:
+    async with asyncio.timeout(timeout_s):
+        while True:
+            response = await client.get(f"/v1/sagas/{saga_id}")
+            if response.status_code == 200 and response.json()["status"] in FINAL | {
+                "requires_intervention"
+            }:
+                body: dict[str, Any] = response.json()
+                return body
+            await asyncio.sleep(0.05)
+
+
+async def _is_told(trade: Trade, transfer_id: str) -> bool:
+    return bool(trade.told(transfer_id))
+
+
+async def _is_final(client: httpx.AsyncClient, saga_id: str) -> bool:
+    return (await settled(client, saga_id))["status"] in FINAL
+
+
+def transfer(payer: str, payee: str, amount_minor: int) -> TransferRequested:
+    transfer_id = f"tr-{uuid.uuid4().hex[:12]}"
+    leg = SettlementLeg(leg_id="leg-1", from_account=payer, to_account=payee,
+                        amount_minor=amount_minor, currency="USD")  # fmt: skip
+    return TransferRequested(transfer_id=transfer_id, legs=(leg,), requested_at=datetime.now(UTC))
+
+
+async def start(host: ServiceHost, request: TransferRequested) -> bool:
+    runtime = host.runtimes["saga"]
+    return await Orchestrator(runtime.store, runtime.nc, runtime.settings).start(request)
+
+
+async def test_a_funded_transfer_completes_and_moves_the_money(
+    host: ServiceHost, client: httpx.AsyncClient, trade: Trade
+) -> None:
+    payer, payee = await funded_account(client, "10.00"), await funded_account(client, None)
+    await known_to_risk(client, payer, payee)
+    request = transfer(payer, payee, 250)
+
+    assert await start(host, request)
+    async with orchestrators(host):
+        saga = await settled(client, request.transfer_id)
+
+    assert saga["status"] == "completed", saga
+    assert [s["step"] for s in saga["steps"]] == ["assess", "reserve", "post", "commit",
+                                                 "complete"]  # fmt: skip
+    assert (await account(client, payer))["balance"] == "7.50"
+    assert (await account(client, payee))["balance"] == "2.50"
+    assert (await account(client, payer))["pending_debits"] == "0.00"
+    assert trade.told(request.transfer_id) == ["complete"]
+    risk = (await client.get(f"/v1/risk/accounts/{payer}")).json()
+    assert risk["open_exposure"] == "0.00"
+
+
+async def test_a_second_start_of_the_same_transfer_is_a_no_op(
+    host: ServiceHost, client: httpx.AsyncClient
+) -> None:
+    request = transfer("acc-x", "acc-y", 1)
+
+    assert await start(host, request)
+    assert not await start(host, request)
+    assert (await client.get(f"/v1/sagas/{request.transfer_id}")).json()["version"] == 1
+
+
+async def test_insufficient_funds_reject_and_leave_no_hold_nor_exposure(
+    host: ServiceHost, client: httpx.AsyncClient, trade: Trade
+) -> None:
+    payer, payee = await funded_account(client, "1.00"), await funded_account(client, None)
+    await known_to_risk(client, payer, payee)
+    request = transfer(payer, payee, 500)
+
+    await start(host, request)
+    async with orchestrators(host):
+        saga = await settled(client, request.transfer_id)
+
+    assert saga["status"] == "rejected", saga
+    assert saga["reason"] == "insufficient_funds"
+    payer_now = await account(client, payer)
+    assert (payer_now["balance"], payer_now["pending_debits"]) == ("1.00", "0.00")
+    assert (await account(client, payee))["pending_credits"] == "0.00"
+    assert (await client.get(f"/v1/risk/accounts/{payer}")).json()["open_exposure"] == "0.00"
+    assert trade.told(request.transfer_id) == ["reject"]
+
+
+async def test_a_saga_stopped_mid_step_is_finished_by_another_orchestrator(
+    host: ServiceHost, client: httpx.AsyncClient, trade: Trade
+) -> None:
+    payer, payee = await funded_account(client, "5.00"), await funded_account(client, None)
+    await known_to_risk(client, payer, payee)
+    request = transfer(payer, payee, 100)
+    trade.hang.add(request.transfer_id)
+    await start(host, request)
+
+    async with orchestrators(host):  # it posts, then waits on the trade service...
+        await until(lambda: _is_told(trade, request.transfer_id))
+    # ...and is gone: "complete" is recorded as sent, its outcome is not.
+    trade.hang.discard(request.transfer_id)
+    async with orchestrators(host):
+        saga = await settled(client, request.transfer_id)
+
+    assert saga["status"] == "completed", saga
+    assert (await account(client, payer))["balance"] == "4.00"
+    assert (await account(client, payee))["balance"] == "1.00"
+    completes = {cid for name, tid, cid in trade.received if tid == request.transfer_id}
+    assert len(completes) == 1, "the resend carried the same command id"
+
+
+async def test_two_orchestrators_never_apply_a_saga_twice(
+    host: ServiceHost, client: httpx.AsyncClient, trade: Trade
+) -> None:
+    payer, payee = await funded_account(client, "100.00"), await funded_account(client, None)
+    await known_to_risk(client, payer, payee)
+    requests = [transfer(payer, payee, 100 * (index + 1)) for index in range(8)]
+    for request in requests:
+        await start(host, request)
+
+    async with orchestrators(host, count=3):
+        sagas = [await settled(client, r.transfer_id) for r in requests]
+
+    assert all(saga["status"] == "completed" for saga in sagas), sagas
+    for saga in sagas:
+        succeeded = [s["step"] for s in saga["steps"] if s["outcome"] == "succeeded"]
+        assert succeeded == ["assess", "reserve", "post", "commit", "complete"]
+    moved_minor = sum(100 * (index + 1) for index in range(8))
+    assert (await account(client, payer))["balance"] == f"{(10_000 - moved_minor) / 100:.2f}"
+    assert (await account(client, payee))["balance"] == f"{moved_minor / 100:.2f}"
+
+
+async def test_a_parked_saga_is_listed_and_finished_by_an_operator_retry(
+    host: ServiceHost, client: httpx.AsyncClient, trade: Trade
+) -> None:
+    payer, payee = await funded_account(client, None), await funded_account(client, None)
+    await known_to_risk(client, payer, payee)
+    request = transfer(payer, payee, 100)
+    trade.refuse.add(request.transfer_id)
+    await start(host, request)
+
+    async with orchestrators(host):
+        parked = await settled(client, request.transfer_id)
+        listed = (await client.get("/v1/sagas", params={"status": "requires_intervention"}))
+        trade.refuse.discard(request.transfer_id)
+        retried = await client.post(f"/v1/sagas/{request.transfer_id}/retry")
+        assert retried.status_code == 200, retried.text
+        await until(lambda: _is_final(client, request.transfer_id))
+        saga = await settled(client, request.transfer_id)
+
+    assert parked["status"] == "requires_intervention"
+    assert "not_now" in parked["last_error"]
+    assert request.transfer_id in [item["saga_id"] for item in listed.json()["items"]]
+    assert saga["status"] == "rejected"
+    again = await client.post(f"/v1/sagas/{request.transfer_id}/retry")
+    assert again.status_code == 409
+    assert again.json()["code"] == "not_parked"
+
+
+async def test_an_unknown_saga_is_a_404(client: httpx.AsyncClient) -> None:
+    response = await client.get("/v1/sagas/nope-1")
+
+    assert response.status_code == 404
+
+
+async def test_a_transfer_requested_on_jetstream_starts_its_saga_once(
+    host: ServiceHost, client: httpx.AsyncClient
+) -> None:
+    request = transfer("acc-a", "acc-b", 1)
+    assert host.nc is not None
+    js = host.nc.jetstream()
+    for _ in range(2):  # the same request twice, as two distinct events
+        event_id = str(uuid.uuid4())
+        body = {
+            "event_id": event_id, "stream_id": f"transfer-{request.transfer_id}",
+            "stream_version": 1, "event_type": "TransferRequested",
+            "data": request.model_dump(mode="json"), "metadata": {},
+            "recorded_at": datetime.now(UTC).isoformat(), "global_position": 1,
+        }  # fmt: skip
+        await js.publish(f"{STARTING_PREFIX}.transfer.TransferRequested", orjson.dumps(body),
+                         headers={"Nats-Msg-Id": event_id})  # fmt: skip
+    await js.publish(f"{STARTING_PREFIX}.transfer.SettlementCompleted", b"{}")
+
+    await until(lambda: _answers(client, f"/v1/sagas/{request.transfer_id}"))
+    await asyncio.sleep(0.5)
+    saga = (await client.get(f"/v1/sagas/{request.transfer_id}")).json()
+    assert saga["version"] == 1
+    assert saga["kind"] == "transfer"

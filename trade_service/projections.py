@@ -1,0 +1,120 @@
+"""The trade service's read model, inline (written in the append's transaction).
+
+`settlements`: one row per transfer or trade with its legs, status and outcome, so reads
+after a write see it, lists filter by account (the from or to account of any leg) and
+status, and the saga's commands load a settlement with one row read.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import orjson
+
+from eventstore import Projection, RecordedEvent
+from eventstore._db import Connection
+from trade_service.contracts import (
+    SettlementLeg,
+    SettlementStatus,
+    TradeRequested,
+    TransferRequested,
+)
+from trade_service.domain import Settlement, SettlementKind, evolve
+from trade_service.events import from_recorded, settlement_of
+
+TABLE: Final = "settlements"
+SETTLEMENT_COLUMNS: Final = (
+    "transfer_id, kind, status, reason, detail, legs, accounts, reference, instrument,"
+    " quantity_minor, price, version, position, created_at, updated_at"
+)
+
+
+class SettlementsProjection(Projection):
+    """One row per transfer or trade: as its events left it."""
+
+    name = "settlements"
+    table = TABLE
+    key_columns = ("transfer_id",)
+
+    def create_sql(self, table: str) -> str:
+        """The settlements table; `position` (the request's global position) orders lists."""
+        return f"""
+            create table {table} (
+                transfer_id text primary key,
+                kind text not null,
+                status text not null,
+                reason text,
+                detail text,
+                legs jsonb not null,
+                accounts text[] not null,
+                reference text,
+                instrument text,
+                quantity_minor bigint,
+                price text,
+                version bigint not null,
+                position bigint not null,
+                created_at timestamptz not null,
+                updated_at timestamptz not null
+            );
+            create index on {table} (kind, position);
+            create index on {table} using gin (accounts);
+        """
+
+    async def apply(self, connection: Connection, table: str, event: RecordedEvent) -> None:
+        """Insert a settlement when requested; record its outcome when it ends."""
+        if settlement_of(event.stream_id) is None:
+            return
+        match from_recorded(event):
+            case TransferRequested() | TradeRequested() as requested:
+                await _insert(connection, table, requested, event)
+            case ended:
+                row = await connection.fetchrow(
+                    f"select {SETTLEMENT_COLUMNS} from {table} where transfer_id = $1",
+                    _transfer_id(event),
+                )
+                assert row is not None, "an outcome follows its request"
+                state = evolve(state_from_row(row), ended)
+                assert state.version == event.stream_version, "settlements row skipped an event"
+                await connection.execute(
+                    f"update {table} set status = $2, reason = $3, detail = $4, version = $5,"
+                    " updated_at = $6 where transfer_id = $1",
+                    state.transfer_id, state.status.value, state.reason, state.detail,
+                    state.version, event.recorded_at,
+                )
+
+
+async def _insert(
+    connection: Connection, table: str, requested: TransferRequested | TradeRequested,
+    event: RecordedEvent,
+) -> None:
+    state = evolve(None, requested)
+    assert event.stream_version == state.version, "a request is its stream's first event"
+    legs = [leg.model_dump(mode="json") for leg in state.legs]
+    accounts = sorted({a for leg in state.legs for a in (leg.from_account, leg.to_account)})
+    trade = requested if isinstance(requested, TradeRequested) else None
+    # No "on conflict": a settlement is requested once, and the key refuses a second loudly.
+    await connection.execute(
+        f"insert into {table} ({SETTLEMENT_COLUMNS}) values"
+        " ($1, $2, $3, null, null, $4::jsonb, $5, $6, $7, $8, $9, $10, $11, $12, $12)",
+        state.transfer_id, state.kind.value, state.status.value, orjson.dumps(legs).decode(),
+        accounts, requested.reference if isinstance(requested, TransferRequested) else None,
+        trade.instrument if trade else None, trade.quantity_minor if trade else None,
+        trade.price if trade else None,
+        state.version, event.global_position, event.recorded_at,
+    )
+
+
+def _transfer_id(event: RecordedEvent) -> str:
+    found = settlement_of(event.stream_id)
+    assert found is not None, "only settlement streams reach here"
+    _, transfer_id = found
+    return transfer_id
+
+
+def state_from_row(row: Any) -> Settlement:
+    """The settlement stored in a settlements row."""
+    legs = tuple(SettlementLeg.model_validate(leg) for leg in orjson.loads(row["legs"]))
+    return Settlement(
+        row["transfer_id"], SettlementKind(row["kind"]), legs, SettlementStatus(row["status"]),
+        row["reason"], row["detail"], row["version"],
+    )
