@@ -60,7 +60,9 @@ class RiskService:
         runtime.spawn(consumer.run, "account-view")
         self._consumer = consumer
         commands = CommandService(runtime.nc, store, name=self.name, version=VERSION)
-        register_commands(commands, default_limits(runtime.settings), self._clock)
+        register_commands(
+            commands, default_limits(runtime.settings), self._clock, consumer.is_caught_up
+        )
         await commands.start()
         self._commands = commands
 

@@ -18,12 +18,12 @@ must commit.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Final
 
 from eventstore import UnitOfWork
-from ledger.commands import CommandService
+from ledger.commands import CommandNotReady, CommandService
 from risk_service import domain, repository
 from risk_service.account_view import account_views
 from risk_service.contracts import (
@@ -44,18 +44,25 @@ COMMIT: Final = "commit"
 RELEASE: Final = "release"
 
 Clock = Callable[[], datetime]
+ViewCheck = Callable[[], Awaitable[bool]]
 
 
-def register_commands(service: CommandService, defaults: Limits, clock: Clock) -> None:
+def register_commands(
+    service: CommandService,
+    defaults: Limits,
+    clock: Clock,
+    view_is_current: ViewCheck | None = None,
+) -> None:
     """Serve `<service>.assess`, `<service>.commit` and `<service>.release` on `service`.
 
     `defaults` are the limits of an account with none of its own; `clock` gives the
-    (timezone-aware) time of each decision.
+    (timezone-aware) time of each decision; `view_is_current` tells whether the view of
+    accounts has caught up with the account service's events (None: assume it has).
     """
 
     @service.command(ASSESS, Assess, Decision)
     async def assess(command: Assess, unit: UnitOfWork) -> Decision:
-        return await assess_movements(command, unit, defaults, clock())
+        return await assess_movements(command, unit, defaults, clock(), view_is_current)
 
     @service.command(COMMIT, Commit, Decision)
     async def commit(command: Commit, unit: UnitOfWork) -> Decision:
@@ -72,13 +79,23 @@ def register_commands(service: CommandService, defaults: Limits, clock: Clock) -
 
 
 async def assess_movements(
-    command: Assess, unit: UnitOfWork, defaults: Limits, now: datetime
+    command: Assess,
+    unit: UnitOfWork,
+    defaults: Limits,
+    now: datetime,
+    view_is_current: ViewCheck | None = None,
 ) -> Decision:
-    """Decide every movement in memory, then append all approvals or only the refusals."""
+    """Decide every movement in memory, then append all approvals or only the refusals.
+
+    An account unknown to the view while the view is still catching up (an account opened a
+    moment ago) is not refused: CommandNotReady makes the saga ask again shortly.
+    """
     movements = command.movements
     payers = await _locked_states(unit, (m.from_account for m in movements))
     parties = {m.from_account for m in movements} | {m.to_account for m in movements}
     views = await account_views(unit.connection, unit.store.schema, parties)
+    if view_is_current is not None and parties - views.keys() and not await view_is_current():
+        raise CommandNotReady("the view of accounts is catching up with the account service")
     evolved = dict(payers)
     decided: list[tuple[str, RiskEvent]] = []
     for movement in movements:

@@ -20,7 +20,14 @@ Replies and refusal details are JSON without floats (money is integers in minor 
 """
 
 from ledger.commands.client import CommandClient
-from ledger.commands.envelope import Command, CommandFailed, CommandRefused
+from ledger.commands.envelope import Command, CommandFailed, CommandNotReady, CommandRefused
 from ledger.commands.service import CommandService
 
-__all__ = ["Command", "CommandClient", "CommandFailed", "CommandRefused", "CommandService"]
+__all__ = [
+    "Command",
+    "CommandClient",
+    "CommandFailed",
+    "CommandNotReady",
+    "CommandRefused",
+    "CommandService",
+]

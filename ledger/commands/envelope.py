@@ -39,6 +39,11 @@ class CommandRefused(Exception):
         self.details = dict(details or {})
 
 
+class CommandNotReady(Exception):
+    """The participant cannot decide yet (its view is catching up): nothing is recorded, the
+    sender gets an error reply ("503") and retries the same command later."""
+
+
 class CommandFailed(Exception):
     """The command got no usable answer: an error reply, a bad reply, or retries ran out."""
 

@@ -22,6 +22,7 @@ from ledger import metrics
 from ledger.commands.envelope import (
     Command,
     CommandHandler,
+    CommandNotReady,
     CommandRefused,
     CommandT,
     Envelope,
@@ -186,6 +187,10 @@ class CommandService:
         with bound(context):
             try:
                 return await self._execute(endpoint, command)
+            except CommandNotReady as not_ready:
+                _log.info("command %s on %s not ready: %s", command.command_id,
+                          endpoint.subject, not_ready)
+                return "error", error_envelope("503", f"{endpoint.subject}: {not_ready}")
             except Exception:
                 # ledger.logs adds the bound context (correlation, trace) to the record.
                 _log.exception(

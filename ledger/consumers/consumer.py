@@ -104,6 +104,16 @@ class DurableConsumer:
         """Ask run() to return after the message in hand; fetched but unhandled ones are naked."""
         self._is_stopping = True
 
+    async def is_caught_up(self) -> bool:
+        """True when every message of the stream was delivered to and acked by this consumer.
+
+        Raises nats.errors.Error when NATS does not answer.
+        """
+        info = await self._js.consumer_info(self.options.stream, self.durable_name)
+        pending = info.num_pending or 0
+        metrics.consumer_lag_messages.labels(self.durable_name).set(pending)
+        return pending == 0 and not info.num_ack_pending
+
     async def pending_count(self) -> int:
         """Messages of the stream not yet delivered to this consumer; sets the lag gauge.
 
