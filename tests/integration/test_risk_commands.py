@@ -20,7 +20,7 @@ from nats.js import JetStreamContext
 
 from eventstore import EventStore, StreamNotFound
 from ledger.bus import connect, ensure_streams
-from ledger.commands import CommandClient, CommandService
+from ledger.commands import CommandClient, CommandFailed, CommandService
 from ledger.consumers import ConsumedEvent, ConsumerOptions, DurableConsumer
 from ledger.settings import Settings
 from risk_service import domain, repository
@@ -480,3 +480,33 @@ async def consumer_done(js: JetStreamContext, consumer: DurableConsumer) -> bool
 async def _is_status(store: EventStore, account_id: str, status: str) -> bool:
     view = await view_of(store, account_id)
     return view is not None and view.status == status
+
+
+async def test_an_account_unknown_while_the_view_catches_up_is_asked_again_not_refused(
+    nc: Client, risk_store: EventStore, token: str, clock: Clock
+) -> None:
+    """An account opened a moment ago may not be in risk's view yet: no refusal, no event,
+    an error reply the saga retries; once the view has caught up, unknown is refused."""
+    is_current = False
+
+    async def view_is_current() -> bool:
+        return is_current
+
+    service = CommandService(nc, risk_store, name=token, version="0.1.0")
+    register_commands(service, DEFAULTS, clock, view_is_current)
+    client = CommandClient(nc, timeout_s=5.0, max_retries=0)
+    await given_accounts(risk_store, ("b", "open"))
+    command = assess(move(payer="a", payee="b"))
+    await service.start()
+    try:
+        with pytest.raises(CommandFailed) as not_ready:
+            await client.send(f"{token}.assess", command, Decision)
+        events_while_behind = await event_types(risk_store, "a")
+        is_current = True
+        decision = await client.send(f"{token}.assess", command, Decision)
+    finally:
+        await service.stop()
+
+    assert not_ready.value.code == "503"
+    assert events_while_behind == []
+    assert (decision.approved, decision.reason) == (False, RefusalReason.UNKNOWN_ACCOUNT)
