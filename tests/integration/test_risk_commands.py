@@ -18,7 +18,7 @@ import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from eventstore import EventStore, StreamNotFound
+from eventstore import EventStore, StreamNotFound, rebuild
 from ledger.bus import connect, ensure_streams
 from ledger.commands import CommandClient, CommandFailed, CommandService
 from ledger.consumers import ConsumedEvent, ConsumerOptions, DurableConsumer
@@ -510,3 +510,19 @@ async def test_an_account_unknown_while_the_view_catches_up_is_asked_again_not_r
     assert not_ready.value.code == "503"
     assert events_while_behind == []
     assert (decision.approved, decision.reason) == (False, RefusalReason.UNKNOWN_ACCOUNT)
+
+
+async def test_every_risk_read_model_equals_its_rebuild(
+    risk: Callable[[object], Awaitable[Decision]], risk_store: EventStore
+) -> None:
+    await given_accounts(risk_store, ("a", "open"), ("b", "open"))
+    approved = assess(move(100))
+    await risk(approved)
+    await risk(commit_of(approved))
+    await risk(assess(move(5_000)))  # refused: over the per-movement limit
+
+    for projection in risk_store.inline_projections:
+        report = await rebuild(risk_store, projection, verify=True)
+
+        assert report.events > 0
+        assert report.differences == [], projection.name
