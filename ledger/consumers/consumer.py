@@ -91,14 +91,18 @@ class DurableConsumer:
     async def run(self) -> None:
         """Consume until stop() or cancellation; outages of NATS or PostgreSQL are waited out."""
         pause_s = _FIRST_RETRY_PAUSE_S
-        while not self._is_stopping:
-            is_healthy = await self._step()
-            if is_healthy:
-                pause_s = _FIRST_RETRY_PAUSE_S
-                continue
-            await asyncio.sleep(pause_s)
-            pause_s = min(pause_s * 2, _MAX_RETRY_PAUSE_S)
-        await _quietly(self._nc.flush(timeout=1))
+        try:
+            while not self._is_stopping:
+                is_healthy = await self._step()
+                if is_healthy:
+                    pause_s = _FIRST_RETRY_PAUSE_S
+                    continue
+                await asyncio.sleep(pause_s)
+                pause_s = min(pause_s * 2, _MAX_RETRY_PAUSE_S)
+            await _quietly(self._nc.flush(timeout=1))
+        finally:
+            # A pull subscription left behind would keep a NATS drain waiting for ever.
+            await asyncio.shield(self._forget_subscription())
 
     def stop(self) -> None:
         """Ask run() to return after the message in hand; fetched but unhandled ones are naked."""
