@@ -12,6 +12,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ledger.codec import DomainEvent
 from ledger.commands import Command
 
 AmountMinor = Annotated[int, Field(gt=0, le=10**18)]
@@ -37,7 +38,7 @@ class HoldSide(StrEnum):
     CREDIT = "credit"
 
 
-class AccountEvent(BaseModel):
+class AccountEvent(DomainEvent):
     """Base of the account's events: frozen, strict about their fields."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -27,13 +27,11 @@ import asyncio
 import os
 import random
 import secrets
-import shutil
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Final
 
@@ -45,6 +43,7 @@ from account_service.domain import deposit, open_account
 from eventstore import EventStore, NewEvent
 from ledger.bus import connect
 from ledger.commands import CommandClient, CommandRefused, CommandService
+from ledger.embedded import servers
 from ledger.money import Assets
 
 DSN_ENV: Final = "LEDGER_BENCH_DATABASE_URL"
@@ -220,20 +219,11 @@ def report(figures: dict[str, float], args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    with ExitStack() as servers:
-        dsn, nats_url = args.dsn, args.nats
-        if not dsn or not nats_url:
-            from ledger.embedded import EmbeddedNats, EmbeddedPostgres
-
-            data_dir = Path(tempfile.mkdtemp(prefix="ledger-bench-accounts-"))
-            servers.callback(shutil.rmtree, data_dir, ignore_errors=True)
-            if not dsn:
-                log(f"starting an embedded PostgreSQL in {data_dir}")
-                dsn = servers.enter_context(EmbeddedPostgres(data_dir / "postgres")).dsn
-            if not nats_url:
-                log(f"starting an embedded nats-server in {data_dir}")
-                nats_url = servers.enter_context(EmbeddedNats(data_dir / "nats")).url
-        figures = asyncio.run(benchmark(args, dsn, nats_url))
+    with tempfile.TemporaryDirectory(prefix="ledger-bench-accounts-") as data_dir:
+        if not args.dsn or not args.nats:
+            log(f"starting embedded servers for what --dsn / --nats do not name, in {data_dir}")
+        with servers(Path(data_dir), args.dsn or None, args.nats or None) as (dsn, nats_url):
+            figures = asyncio.run(benchmark(args, dsn, nats_url))
     report(figures, args)
 
 

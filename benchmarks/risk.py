@@ -26,13 +26,11 @@ import asyncio
 import os
 import random
 import secrets
-import shutil
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
@@ -41,6 +39,7 @@ from eventstore import EventStore, NewEvent
 from ledger.bus import connect
 from ledger.commands import CommandClient, CommandService
 from ledger.consumers import ConsumedEvent
+from ledger.embedded import servers
 from risk_service.account_view import apply_account_event, ensure_table
 from risk_service.commands import assess_movements, register_commands
 from risk_service.contracts import Assess, Decision, Limits, Movement
@@ -197,20 +196,11 @@ def report(figures: dict[str, float], args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    with ExitStack() as servers:
-        dsn, nats_url = args.dsn, args.nats
-        if not dsn or not nats_url:
-            from ledger.embedded import EmbeddedNats, EmbeddedPostgres
-
-            data_dir = Path(tempfile.mkdtemp(prefix="ledger-bench-risk-"))
-            servers.callback(shutil.rmtree, data_dir, ignore_errors=True)
-            if not dsn:
-                log(f"starting an embedded PostgreSQL in {data_dir}")
-                dsn = servers.enter_context(EmbeddedPostgres(data_dir / "postgres")).dsn
-            if not nats_url:
-                log(f"starting an embedded nats-server in {data_dir}")
-                nats_url = servers.enter_context(EmbeddedNats(data_dir / "nats")).url
-        figures = asyncio.run(benchmark(args, dsn, nats_url))
+    with tempfile.TemporaryDirectory(prefix="ledger-bench-risk-") as data_dir:
+        if not args.dsn or not args.nats:
+            log(f"starting embedded servers for what --dsn / --nats do not name, in {data_dir}")
+        with servers(Path(data_dir), args.dsn or None, args.nats or None) as (dsn, nats_url):
+            figures = asyncio.run(benchmark(args, dsn, nats_url))
     report(figures, args)
 
 

@@ -12,6 +12,7 @@ from typing import Annotated, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ledger.codec import DomainEvent
 from ledger.commands import Command
 
 AmountMinor = Annotated[int, Field(gt=0, le=10**18)]
@@ -56,7 +57,7 @@ class Limits(BaseModel):
         )
 
 
-class RiskEvent(BaseModel):
+class RiskEvent(DomainEvent):
     """Base of the risk service's events."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -11,8 +11,26 @@ run as the unprivileged system user ``ledger-postgres`` (created if missing), se
 ``docs/embedded-servers.md``.
 """
 
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
 from ledger.embedded._common import EmbeddedServerError, free_port
 from ledger.embedded.nats_server import EmbeddedNats
 from ledger.embedded.postgres import EmbeddedPostgres
 
-__all__ = ["EmbeddedNats", "EmbeddedPostgres", "EmbeddedServerError", "free_port"]
+__all__ = ["EmbeddedNats", "EmbeddedPostgres", "EmbeddedServerError", "free_port", "servers"]
+
+
+@contextmanager
+def servers(
+    data_dir: Path, dsn: str | None = None, nats_url: str | None = None
+) -> Iterator[tuple[str, str]]:
+    """The given PostgreSQL DSN and NATS URL, or embedded servers under `data_dir` for the
+    ones not given, started for the block and stopped after it."""
+    with ExitStack() as stack:
+        if dsn is None:
+            dsn = stack.enter_context(EmbeddedPostgres(data_dir / "postgres")).dsn
+        if nats_url is None:
+            nats_url = stack.enter_context(EmbeddedNats(data_dir / "nats")).url
+        yield dsn, nats_url
