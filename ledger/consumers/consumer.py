@@ -133,11 +133,18 @@ class DurableConsumer:
         try:
             if self._subscription is None:
                 await self.ensure()
-            assert self._subscription is not None
+        except _BUS_DOWN as error:
+            _log.warning("consumer %s cannot subscribe: %r", self.durable_name, error)
+            await self._forget_subscription()
+            return False
+        assert self._subscription is not None
+        try:
             messages = await self._subscription.fetch(
                 self.options.fetch_batch, timeout=self.options.fetch_wait_s
             )
-        except nats.errors.TimeoutError:
+        except TimeoutError:
+            # Nothing arrived within the wait (nats-py raises its own TimeoutError or
+            # asyncio's, by where the wait ran out): an empty fetch, not an outage.
             return True
         except _BUS_DOWN as error:
             _log.warning("consumer %s cannot fetch: %r", self.durable_name, error)

@@ -1,0 +1,440 @@
+"""Transfers end to end over HTTP: completed transfers per second and request-to-final latency.
+
+    python benchmarks/transfers.py [--dsn DSN] [--nats URL] [--accounts 1000] [--clients 64]
+                                   [--seconds 15] [--warmup 2] [--baseline-seconds 5]
+
+Starts the whole system in this process the way `ledger up` does (every service in one
+`ServiceHost`, its app served by uvicorn on a free local port), against fresh schemas
+`bench<random>_<service>` dropped at the end. Then, through HTTP only:
+
+  1. opens `--accounts` accounts and funds each with a deposit, then waits until the risk
+     service has seen every one (it learns accounts from account events over NATS);
+  2. baseline: `--clients` clients each repeat a 0.01 deposit into a random account for
+     `--baseline-seconds`: the cost of one HTTP write without a saga;
+  3. transfers: `--clients` clients each repeat, for `--warmup` + `--seconds`,
+     `POST /v1/transfers` (a unique Idempotency-Key, a random amount between two random
+     distinct accounts) then `GET /v1/transfers/{id}?wait=30` until the status is final;
+     the latency is from sending the POST to receiving the final status;
+  4. waits (bounded by `--final-timeout`) until no transfer is pending, and checks that the
+     sum of every balance equals the sum of the deposits and that no hold is left open.
+
+The DSN comes from `--dsn` (else LEDGER_BENCH_DATABASE_URL), the NATS URL from `--nats`
+(else LEDGER_BENCH_NATS_URL); without them embedded servers are started in a temporary
+directory (the `embedded` extra). A shared NATS server must not serve another ledger at the
+same time: the saga's commands (`account.reserve`, ...) are found by name on the server.
+Figures go to stdout, one per line with the goal beside; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import random
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Final
+
+import asyncpg
+import httpx
+import nats
+import uvicorn
+
+from ledger.embedded import free_port, servers
+from ledger.host import ServiceHost, running
+from ledger.http import create_app
+from ledger.logs import configure_logging
+from ledger.services import available_services
+from ledger.settings import Settings
+
+DSN_ENV: Final = "LEDGER_BENCH_DATABASE_URL"
+NATS_ENV: Final = "LEDGER_BENCH_NATS_URL"
+CURRENCY: Final = "USD"
+FUNDING: Final = Decimal("1000000.00")
+BASELINE_DEPOSIT: Final = Decimal("0.01")
+FINAL: Final = frozenset({"completed", "rejected", "failed"})
+WAIT_S: Final = 30
+GOAL_PER_S: Final = 500.0
+GOAL_P99_MS: Final = 250.0
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dsn", default=os.environ.get(DSN_ENV))
+    parser.add_argument("--nats", default=os.environ.get(NATS_ENV))
+    parser.add_argument("--accounts", type=int, default=1_000)
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--baseline-seconds", type=float, default=5.0)
+    parser.add_argument("--final-timeout", type=float, default=60.0,
+                        help="Longest wait, after the load, for every transfer to be final.")
+    return parser.parse_args(argv)
+
+
+@dataclass
+class Figures:
+    """What the run measured."""
+
+    deposits_per_s: float = 0.0
+    deposit_latencies_ms: list[float] = field(default_factory=list)
+    deposited: Decimal = Decimal(0)
+    transfers_per_s: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)
+    http_errors: Counter[str] = field(default_factory=Counter)
+    requested: int = 0
+    unfinished: int = 0
+    left_pending: int = 0
+    total_balance: Decimal = Decimal(0)
+    open_pending: Decimal = Decimal(0)
+    parked_sagas: int = 0
+    step_ms: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    drain_s: float = 0.0
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """The nearest-rank percentile of `values` (0 when empty)."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, round(fraction * len(ordered) + 0.5))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+async def parallel(count: int, work: list[Any], each: Any) -> None:
+    """Run `each(item)` over `work`, `count` at a time."""
+    queue = list(work)
+
+    async def worker() -> None:
+        while queue:
+            await each(queue.pop())
+
+    async with asyncio.TaskGroup() as group:
+        for _ in range(count):
+            group.create_task(worker())
+
+
+def expect(response: httpx.Response, status: int) -> dict[str, Any]:
+    if response.status_code != status:
+        raise RuntimeError(
+            f"{response.request.method} {response.request.url.path} answered"
+            f" {response.status_code}: {response.text[:300]}"
+        )
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def open_accounts(
+    client: httpx.AsyncClient, owner: str, count: int, clients: int
+) -> list[str]:
+    """Open and fund `count` accounts of `owner`; their ids."""
+    ids: list[str] = []
+
+    async def open_one(_: int) -> None:
+        account = expect(
+            await client.post("/v1/accounts", json={"owner": owner, "currency": CURRENCY}), 201
+        )
+        expect(await client.post(
+            f"/v1/accounts/{account['id']}/deposits", json={"amount": str(FUNDING)},
+            headers={"Idempotency-Key": uuid.uuid4().hex},
+        ), 201)  # fmt: skip
+        ids.append(account["id"])
+
+    await parallel(clients, list(range(count)), open_one)
+    return ids
+
+
+async def wait_for_risk(client: httpx.AsyncClient, account_ids: list[str], timeout_s: float
+                        ) -> None:
+    """Until the risk service knows every account (else transfers are `unknown_account`)."""
+    deadline = time.perf_counter() + timeout_s
+    unknown = list(account_ids)
+    missing: list[str] = []
+
+    async def look(account_id: str) -> None:
+        response = await client.get(f"/v1/risk/accounts/{account_id}")
+        if response.status_code != 200:
+            missing.append(account_id)
+
+    while unknown:
+        missing.clear()
+        await parallel(32, unknown, look)
+        unknown = list(missing)
+        if unknown:
+            log(f"  risk has not seen {len(unknown)} accounts yet")
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"risk never learned {len(unknown)} accounts")
+            await asyncio.sleep(2)
+
+
+async def run_deposits(
+    client: httpx.AsyncClient, account_ids: list[str], args: argparse.Namespace, figures: Figures
+) -> None:
+    """The baseline: one HTTP write (a deposit) per request, no saga."""
+    stop_at = time.perf_counter() + args.baseline_seconds
+    done = 0
+
+    async def depositor() -> None:
+        nonlocal done
+        while time.perf_counter() < stop_at:
+            started = time.perf_counter()
+            response = await client.post(
+                f"/v1/accounts/{random.choice(account_ids)}/deposits",
+                json={"amount": str(BASELINE_DEPOSIT), "reference": "bench"},
+                headers={"Idempotency-Key": uuid.uuid4().hex},
+            )
+            if response.status_code == 201:
+                figures.deposited += BASELINE_DEPOSIT
+                done += 1
+                figures.deposit_latencies_ms.append((time.perf_counter() - started) * 1000)
+            else:
+                figures.http_errors[f"deposit {response.status_code}"] += 1
+
+    started = time.perf_counter()
+    async with asyncio.TaskGroup() as group:
+        for _ in range(args.clients):
+            group.create_task(depositor())
+    figures.deposits_per_s = done / (time.perf_counter() - started)
+
+
+def record_steps(transfer: dict[str, Any], figures: Figures) -> None:
+    """Time from the request to the saga's first step, between steps, and after the last."""
+    previous = datetime.fromisoformat(transfer["created_at"])
+    previous_name = "requested"
+    for step in sorted(transfer["steps"], key=lambda s: s["seq"]):
+        at = datetime.fromisoformat(step["at"])
+        name = f"{previous_name} -> {step['step']}:{step['outcome']}"
+        figures.step_ms[name].append((at - previous).total_seconds() * 1000)
+        previous, previous_name = at, f"{step['step']}:{step['outcome']}"
+    updated = datetime.fromisoformat(transfer["updated_at"])
+    figures.step_ms[f"{previous_name} -> final status"].append(
+        (updated - previous).total_seconds() * 1000
+    )
+
+
+async def run_transfers(
+    client: httpx.AsyncClient, account_ids: list[str], args: argparse.Namespace, figures: Figures
+) -> None:
+    """Closed-loop clients: request a transfer, wait for its final status, again."""
+    begin = time.perf_counter()
+    count_from = begin + args.warmup
+    stop_at = count_from + args.seconds
+    final_deadline = stop_at + args.final_timeout
+    completed_in_window = 0
+
+    async def transfer_once() -> None:
+        nonlocal completed_in_window
+        from_account, to_account = random.sample(account_ids, 2)
+        amount = Decimal(random.randint(1, 10_000)) / 100
+        started = time.perf_counter()
+        response = await client.post(
+            "/v1/transfers",
+            json={"from_account": from_account, "to_account": to_account,
+                  "amount": str(amount), "currency": CURRENCY},
+            headers={"Idempotency-Key": uuid.uuid4().hex},
+        )  # fmt: skip
+        if response.status_code != 202:
+            figures.http_errors[f"transfer POST {response.status_code}"] += 1
+            return
+        counted = started >= count_from
+        if counted:
+            figures.requested += 1
+        transfer_id = response.json()["id"]
+        while True:
+            response = await client.get(f"/v1/transfers/{transfer_id}", params={"wait": WAIT_S})
+            if response.status_code != 200:
+                figures.http_errors[f"transfer GET {response.status_code}"] += 1
+                await asyncio.sleep(0.1)
+            else:
+                transfer = response.json()
+                if transfer["status"] in FINAL:
+                    break
+            if time.perf_counter() > final_deadline:
+                if counted:
+                    figures.unfinished += 1
+                return
+        finished = time.perf_counter()
+        if not counted:
+            return
+        figures.outcomes[transfer["status"]] += 1
+        if transfer["reason"]:
+            figures.reasons[transfer["reason"]] += 1
+        figures.latencies_ms.append((finished - started) * 1000)
+        if transfer["status"] == "completed":
+            record_steps(transfer, figures)
+            if finished <= stop_at:
+                completed_in_window += 1
+
+    async def transferrer() -> None:
+        while time.perf_counter() < stop_at:
+            await transfer_once()
+
+    log(f"transfers: warming up {args.warmup:.0f} s, timing {args.seconds:.0f} s")
+    async with asyncio.TaskGroup() as group:
+        for _ in range(args.clients):
+            group.create_task(transferrer())
+    figures.drain_s = time.perf_counter() - stop_at
+    figures.transfers_per_s = completed_in_window / args.seconds
+
+
+async def settle_and_check(
+    client: httpx.AsyncClient, owner: str, args: argparse.Namespace, figures: Figures
+) -> None:
+    """Wait until no transfer is pending; then sum every balance and every open hold."""
+    deadline = time.perf_counter() + args.final_timeout
+    while True:
+        pending = expect(await client.get(
+            "/v1/transfers", params={"status": "pending", "limit": 500}), 200)["items"]
+        figures.left_pending = len(pending)
+        if not pending or time.perf_counter() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    parked = expect(await client.get(
+        "/v1/sagas", params={"status": "requires_intervention", "limit": 500}), 200)["items"]
+    figures.parked_sagas = len(parked)
+    cursor: str | None = None
+    while True:
+        params: dict[str, str | int] = {"owner": owner, "limit": 500}
+        if cursor:
+            params["cursor"] = cursor
+        page = expect(await client.get("/v1/accounts", params=params), 200)
+        for account in page["items"]:
+            figures.total_balance += Decimal(account["balance"])
+            figures.open_pending += Decimal(account["pending_debits"])
+            figures.open_pending += Decimal(account["pending_credits"])
+        cursor = page["next"]
+        if not cursor:
+            break
+
+
+async def serve(settings: Settings, args: argparse.Namespace, owner: str) -> Figures:
+    host = ServiceHost(settings, list(available_services().values()))
+    figures = Figures()
+    async with running(host):
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(
+            create_app(host, manage_host=False), host="127.0.0.1", port=port, lifespan="off",
+            log_level="warning", access_log=False, ws="none",
+        ))  # fmt: skip
+        serving = asyncio.create_task(server.serve())
+        try:
+            while not server.started:  # uvicorn offers no event to wait on
+                if serving.done():
+                    await serving
+                    raise RuntimeError("uvicorn stopped before it started")
+                await asyncio.sleep(0.01)
+            limits = httpx.Limits(max_connections=args.clients + 8,
+                                  max_keepalive_connections=args.clients + 8)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits,
+                                         timeout=WAIT_S + 30) as client:
+                log(f"opening and funding {args.accounts} accounts")
+                started = time.perf_counter()
+                account_ids = await open_accounts(client, owner, args.accounts, args.clients)
+                await wait_for_risk(client, account_ids, timeout_s=args.final_timeout * 3)
+                log(f"  {time.perf_counter() - started:.1f} s")
+                log(f"baseline: HTTP deposits for {args.baseline_seconds:.0f} s")
+                await run_deposits(client, account_ids, args, figures)
+                await run_transfers(client, account_ids, args, figures)
+                log("waiting until every transfer is final, then checking the balances")
+                await settle_and_check(client, owner, args, figures)
+                figures.deposited += FUNDING * len(account_ids)
+        finally:
+            server.should_exit = True
+            await serving
+    return figures
+
+
+async def drop(settings: Settings, dsn: str, nats_url: str) -> None:
+    """Drop the run's schemas and its durable consumers (they outlive a host by design)."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        for service in available_services():
+            await connection.execute(
+                f"drop schema if exists {settings.schema_for(service)} cascade")
+    finally:
+        await connection.close()
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        for info in await js.consumers_info(settings.events_stream):
+            if info.name and info.name.startswith(settings.schema_prefix):
+                await js.delete_consumer(settings.events_stream, info.name)
+    finally:
+        await nc.close()
+
+
+async def benchmark(args: argparse.Namespace, dsn: str, nats_url: str) -> Figures:
+    settings = Settings(
+        database_url=dsn, nats_url=nats_url, schema_prefix=f"bench{secrets.token_hex(4)}_",
+        log_level="WARNING", log_json=False,
+    )  # fmt: skip
+    configure_logging(settings.log_level, as_json=settings.log_json)
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+    log(f"schemas {settings.schema_prefix}<service>")
+    try:
+        return await serve(settings, args, owner=f"bench-{secrets.token_hex(4)}")
+    finally:
+        await drop(settings, dsn, nats_url)
+
+
+def report(figures: Figures, args: argparse.Namespace) -> None:
+    shape = f"{args.accounts} accounts, {args.clients} clients, {args.seconds:.0f} s"
+    latencies = figures.latencies_ms
+    p50, p95, p99 = (percentile(latencies, f) for f in (0.50, 0.95, 0.99))
+    unchanged = figures.total_balance == figures.deposited
+    print(f"transfers_completed_per_s: {figures.transfers_per_s:.0f}"
+          f"  (goal >= {GOAL_PER_S:.0f}; {shape})")
+    print(f"latency_ms p50/p95/p99: {p50:.0f}/{p95:.0f}/{p99:.0f}"
+          f"  (goal p99 < {GOAL_P99_MS:.0f}; request to final status)")
+    outcomes = ", ".join(f"{name} {figures.outcomes[name]}"
+                         for name in ("completed", "rejected", "failed"))
+    print(f"outcomes: {outcomes}, unfinished {figures.unfinished}"
+          f"  (of {figures.requested} requested after warmup; goal: all completed)")
+    if figures.reasons:
+        print(f"reasons: {dict(figures.reasons)}")
+    if figures.http_errors:
+        print(f"http_errors: {dict(figures.http_errors)}  (goal: none)")
+    print(f"total_balance_unchanged: {str(unchanged).lower()}"
+          f"  (sum of balances {figures.total_balance} vs deposits {figures.deposited})")
+    print(f"open_holds_after: {figures.open_pending}  (goal 0)")
+    print(f"pending_after_drain: {figures.left_pending}, parked_sagas: {figures.parked_sagas}"
+          f"  (goal 0, 0; in-flight drained in {figures.drain_s:.1f} s)")
+    d50, d99 = (percentile(figures.deposit_latencies_ms, f) for f in (0.50, 0.99))
+    print(f"baseline_http_deposits_per_s: {figures.deposits_per_s:.0f}"
+          f"  (p50/p99 {d50:.0f}/{d99:.0f} ms; one HTTP write, no saga)")
+    if figures.deposits_per_s:
+        print(f"ratio_transfers/deposits: {figures.transfers_per_s / figures.deposits_per_s:.2f}")
+    if figures.step_ms:
+        print("saga_timeline_ms (completed transfers, server clocks; mean / p99):")
+        for name, values in figures.step_ms.items():
+            print(f"  {name}: {statistics.fmean(values):.0f} / {percentile(values, 0.99):.0f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="ledger-bench-transfers-") as data_dir:
+        if not args.dsn or not args.nats:
+            log(f"starting embedded servers for what --dsn / --nats do not name, in {data_dir}")
+        with servers(Path(data_dir), args.dsn or None, args.nats or None) as (dsn, nats_url):
+            figures = asyncio.run(benchmark(args, dsn, nats_url))
+    report(figures, args)
+
+
+if __name__ == "__main__":
+    main()
