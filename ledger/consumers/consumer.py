@@ -162,6 +162,18 @@ class DurableConsumer:
             await _quietly(subscription.unsubscribe())
 
     async def _handle_batch(self, messages: list[Msg]) -> bool:
+        # The common case first: the whole batch in one transaction, one commit for many
+        # messages. Any failure rolls it all back, and each message is then handled alone,
+        # so a failing one is retried or parked by itself.
+        if len(messages) > 1 and not self._is_stopping:
+            task = asyncio.create_task(self._process_together(messages))
+            try:
+                is_settled = await asyncio.shield(task)
+            except asyncio.CancelledError:
+                await asyncio.wait({task})
+                raise
+            if is_settled:
+                return True
         for index, msg in enumerate(messages):
             if self._is_stopping:
                 await self._release(messages[index:])
@@ -170,6 +182,38 @@ class DurableConsumer:
                 await self._release(messages[index + 1 :])
                 return False
         return True
+
+    async def _process_together(self, messages: list[Msg]) -> bool:
+        """Mark and handle every message in one transaction, then ack them all; False (nothing
+        applied, nothing settled) when any message is poison or any step fails."""
+        try:
+            events = [parse_event(msg) for msg in messages]
+        except PoisonMessage:
+            return False
+        try:
+            with translated_errors():
+                async with self._store.pool.acquire() as connection, connection.transaction():
+                    outcomes = [await self._mark_and_handle(connection, msg, event)
+                                for msg, event in zip(messages, events, strict=True)]
+        except Exception:  # every kind of failure is handled again, message by message
+            return False
+        for msg, event, outcome in zip(messages, events, outcomes, strict=True):
+            if event.delivery_count > 1:
+                metrics.consumer_redeliveries.labels(self.durable_name).inc()
+            metrics.consumer_handled_messages.labels(self.durable_name, outcome).inc()
+            await _quietly(msg.ack())
+        return True
+
+    async def _mark_and_handle(
+        self, connection: Connection, msg: Msg, event: ConsumedEvent
+    ) -> str:
+        with context.bound(_context_of(msg, event)):
+            if not await mark_handled(
+                connection, self._store.schema, self.durable_name, event.message_id
+            ):
+                return "duplicate"
+            await self._handle(connection, event)
+            return "applied"
 
     async def _process_to_the_end(self, msg: Msg) -> bool:
         """Process `msg` even if cancelled meanwhile, so it ends committed and acked, or not."""
