@@ -13,6 +13,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ledger.codec import DomainEvent
 from ledger.commands import Command
 
 AmountMinor = Annotated[int, Field(gt=0, le=10**18)]
@@ -42,7 +43,7 @@ class SettlementLeg(BaseModel):
     kind: Literal["transfer", "trade"] = "transfer"
 
 
-class TradeEvent(BaseModel):
+class TradeEvent(DomainEvent):
     """Base of the trade service's events."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
-from eventstore import NewEvent, RecordedEvent
-from ledger import context
+from ledger.codec import EventCodec
 from trade_service.contracts import EVENT_TYPES, TradeEvent
 from trade_service.domain import SettlementKind
 
@@ -27,18 +23,8 @@ def settlement_of(stream_id: str) -> tuple[SettlementKind, str] | None:
     return SettlementKind(category), transfer_id
 
 
-def to_new_event(event: TradeEvent) -> NewEvent:
-    """An event to append, with the current request context as its metadata."""
-    return NewEvent(
-        event.event_type, event.model_dump(mode="json"), context.current().as_metadata()
-    )
-
-
-def from_recorded(recorded: RecordedEvent) -> TradeEvent:
-    """The typed trade event of a stored one."""
-    return decode(recorded.event_type, recorded.data)
-
-
-def decode(event_type: str, data: Mapping[str, Any]) -> TradeEvent:
-    """The typed trade event of a type name and its data."""
-    return EVENT_TYPES[event_type].model_validate(data)
+# Two categories share one codec for encoding and decoding; stream ids are made above.
+_CODEC: EventCodec[TradeEvent] = EventCodec(SettlementKind.TRANSFER.value, EVENT_TYPES)
+to_new_event = _CODEC.to_new_event
+decode = _CODEC.decode
+from_recorded = _CODEC.from_recorded

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
 
-from ledger.embedded import EmbeddedNats, EmbeddedPostgres
+from ledger.embedded import servers
 from ledger.settings import Settings
 
 
@@ -20,18 +20,16 @@ def resolved_servers(
 
     Raises ValueError when a server is unset and embedded ones are not allowed.
     """
-    with ExitStack() as stack:
-        updates: dict[str, str] = {}
-        if settings.database_url is None:
-            if not allow_embedded:
-                raise ValueError("LEDGER_DATABASE_URL is not set and --no-embedded was given")
-            postgres = stack.enter_context(EmbeddedPostgres(data_dir / "postgres"))
-            updates["database_url"] = postgres.dsn
-            console.print(f"[dim]embedded PostgreSQL at {postgres.dsn} (data in {data_dir})[/]")
+    database_url, nats_url = settings.database_url, settings.nats_url
+    if not allow_embedded and (database_url is None or not settings.nats_servers):
+        missing = "LEDGER_DATABASE_URL" if database_url is None else "LEDGER_NATS_URL"
+        raise ValueError(f"{missing} is not set and --no-embedded was given")
+    with servers(data_dir, database_url, nats_url if settings.nats_servers else None) as (
+        dsn,
+        nats,
+    ):
+        if database_url is None:
+            console.print(f"[dim]embedded PostgreSQL at {dsn} (data in {data_dir})[/]")
         if not settings.nats_servers:
-            if not allow_embedded:
-                raise ValueError("LEDGER_NATS_URL is not set and --no-embedded was given")
-            nats_server = stack.enter_context(EmbeddedNats(data_dir / "nats"))
-            updates["nats_url"] = nats_server.url
-            console.print(f"[dim]embedded NATS at {nats_server.url} (data in {data_dir})[/]")
-        yield settings.model_copy(update=updates)
+            console.print(f"[dim]embedded NATS at {nats} (data in {data_dir})[/]")
+        yield settings.model_copy(update={"database_url": dsn, "nats_url": nats})
