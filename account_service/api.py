@@ -16,9 +16,9 @@ from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.routing import APIRoute
-from pydantic import AwareDatetime
 
 from account_service import domain, queries, repository
+from account_service.access import ReadableAccountId, WritableAccountId
 from account_service.contracts import AccountEvent
 from account_service.domain import AccountError, AccountState, InsufficientFunds, Status
 from account_service.projections import state_from_row
@@ -44,6 +44,7 @@ from account_service.views import (
     problem_of,
 )
 from eventstore import UnitOfWork
+from ledger.auth import CurrentPrincipal, require_acts_for
 from ledger.dependencies import runtime_of
 from ledger.host import Runtime
 from ledger.idempotency import (
@@ -56,7 +57,8 @@ from ledger.idempotency import (
     once,
 )
 from ledger.money import AmountError, Assets
-from ledger.problems import Problem
+from ledger.problems import Problem, problem_responses
+from ledger.validation import Instant
 
 DEFAULT_PAGE_ITEMS: Final = 50
 MAX_PAGE_ITEMS: Final = 500
@@ -66,7 +68,7 @@ AccountRuntime = Annotated[Runtime, Depends(runtime_of("account"))]
 AccountIdPath = Annotated[str, Path(pattern=ID_PATTERN)]
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE_ITEMS)]
 Cursor = Annotated[str | None, Query(max_length=MAX_CURSOR_CHARS)]
-AsOf = Annotated[AwareDatetime | None, Query(description="An RFC 3339 time with its offset.")]
+AsOf = Annotated[Instant | None, Query(description="An RFC 3339 time with its offset.")]
 Move = Callable[[AccountState, int, str, str | None], list[AccountEvent]]
 
 
@@ -85,14 +87,19 @@ class _AccountRoute(APIRoute):
         return answer
 
 
-router = APIRouter(prefix="/v1/accounts", tags=["accounts"], route_class=_AccountRoute)
+router = APIRouter(prefix="/v1/accounts", tags=["accounts"], route_class=_AccountRoute,
+                   responses=problem_responses(422, 503))
+_UNKNOWN: Final = problem_responses(404)
+_REFUSABLE: Final = problem_responses(404, 409)
 
 
-@router.post("", status_code=201, response_model=Account)
+@router.post("", status_code=201, response_model=Account, responses=problem_responses(409))
 async def open_account(
-    request: Request, body: OpenAccount, runtime: AccountRuntime, key: OptionalIdempotencyKey
+    request: Request, body: OpenAccount, runtime: AccountRuntime, key: OptionalIdempotencyKey,
+    principal: CurrentPrincipal,
 ) -> Response:
     """Open an account holding one currency or instrument; with an Idempotency-Key, once."""
+    require_acts_for(principal, body.owner, f"open an account for owner {body.owner}")
     assets = runtime.settings.assets()
     if body.currency not in assets.scales:
         known = ", ".join(sorted(assets.scales))
@@ -111,8 +118,8 @@ async def open_account(
     return await _answer(request, runtime, "accounts", key, body.model_dump(mode="json"), effect)
 
 
-@router.get("/{account_id}")
-async def get_account(account_id: AccountIdPath, runtime: AccountRuntime) -> Account:
+@router.get("/{account_id}", responses=_UNKNOWN)
+async def get_account(account_id: ReadableAccountId, runtime: AccountRuntime) -> Account:
     """The account as of the last committed change."""
     row = await queries.account_row(runtime.store, runtime.store.pool, account_id)
     return account_of(row, runtime.settings.assets())
@@ -121,13 +128,19 @@ async def get_account(account_id: AccountIdPath, runtime: AccountRuntime) -> Acc
 @router.get("")
 async def list_accounts(
     runtime: AccountRuntime,
+    principal: CurrentPrincipal,
     owner: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
     currency: Annotated[str | None, Query(max_length=12)] = None,
     status: Status | None = None,
     limit: Limit = DEFAULT_PAGE_ITEMS,
     cursor: Cursor = None,
 ) -> AccountPage:
-    """Accounts matching every filter given, by id; `next` is the cursor of the next page."""
+    """Accounts matching every filter given, by id; `next` is the cursor of the next page.
+    A token bound to an owner lists that owner's accounts only."""
+    if principal.owner is not None:
+        if owner not in (None, principal.owner):
+            return AccountPage(items=[], next=None)
+        owner = principal.owner
     after = decode_cursor(cursor, "accounts", str)
     filters = {"owner": owner, "currency": currency, "status": status.value if status else None}
     rows = await queries.account_rows(runtime.store, filters, after, limit + 1)
@@ -138,48 +151,50 @@ async def list_accounts(
                        else None)
 
 
-@router.post("/{account_id}/deposits", status_code=201, response_model=Posted)
+@router.post("/{account_id}/deposits", status_code=201, response_model=Posted,
+             responses=_REFUSABLE)
 async def deposit(
-    request: Request, account_id: AccountIdPath, body: Movement, runtime: AccountRuntime,
+    request: Request, account_id: WritableAccountId, body: Movement, runtime: AccountRuntime,
     key: IdempotencyKey,
 ) -> Response:
     """Money in from outside the ledger, once per Idempotency-Key."""
     return await _post_movement(request, runtime, account_id, body, key, domain.deposit)
 
 
-@router.post("/{account_id}/withdrawals", status_code=201, response_model=Posted)
+@router.post("/{account_id}/withdrawals", status_code=201, response_model=Posted,
+             responses=_REFUSABLE)
 async def withdraw(
-    request: Request, account_id: AccountIdPath, body: Movement, runtime: AccountRuntime,
+    request: Request, account_id: WritableAccountId, body: Movement, runtime: AccountRuntime,
     key: IdempotencyKey,
 ) -> Response:
     """Money out of the ledger, once per Idempotency-Key; 409 beyond what is available."""
     return await _post_movement(request, runtime, account_id, body, key, domain.withdraw)
 
 
-@router.post("/{account_id}/freeze")
+@router.post("/{account_id}/freeze", responses=_REFUSABLE)
 async def freeze(
-    account_id: AccountIdPath, runtime: AccountRuntime, body: Freeze | None = None
+    account_id: WritableAccountId, runtime: AccountRuntime, body: Freeze | None = None
 ) -> Account:
     """Refuse new debits and credits until unfrozen (holds in progress still end)."""
     reason = body.reason if body else None
     return await _change(runtime, account_id, lambda state: domain.freeze(state, reason))
 
 
-@router.post("/{account_id}/unfreeze")
-async def unfreeze(account_id: AccountIdPath, runtime: AccountRuntime) -> Account:
+@router.post("/{account_id}/unfreeze", responses=_REFUSABLE)
+async def unfreeze(account_id: WritableAccountId, runtime: AccountRuntime) -> Account:
     """Accept debits and credits again."""
     return await _change(runtime, account_id, domain.unfreeze)
 
 
-@router.post("/{account_id}/close")
-async def close(account_id: AccountIdPath, runtime: AccountRuntime) -> Account:
+@router.post("/{account_id}/close", responses=_REFUSABLE)
+async def close(account_id: WritableAccountId, runtime: AccountRuntime) -> Account:
     """Close for good; 409 unless the balance is zero and no hold is open."""
     return await _change(runtime, account_id, domain.close)
 
 
-@router.get("/{account_id}/entries")
+@router.get("/{account_id}/entries", responses=_UNKNOWN)
 async def list_entries(
-    account_id: AccountIdPath, runtime: AccountRuntime, as_of: AsOf = None,
+    account_id: ReadableAccountId, runtime: AccountRuntime, as_of: AsOf = None,
     limit: Limit = DEFAULT_PAGE_ITEMS, cursor: Cursor = None,
 ) -> EntryPage:
     """Every posted movement, oldest first, with the balance right after it."""
@@ -198,8 +213,8 @@ async def list_entries(
     )
 
 
-@router.get("/{account_id}/balance")
-async def balance(account_id: AccountIdPath, runtime: AccountRuntime, as_of: AsOf = None
+@router.get("/{account_id}/balance", responses=_UNKNOWN)
+async def balance(account_id: ReadableAccountId, runtime: AccountRuntime, as_of: AsOf = None
                   ) -> Balance:
     """The balances now, or at `as_of` as the account's events recorded by then tell."""
     store = runtime.store
@@ -211,9 +226,9 @@ async def balance(account_id: AccountIdPath, runtime: AccountRuntime, as_of: AsO
     return balance_of(account_id, row["currency"], state, as_of, runtime.settings.assets())
 
 
-@router.get("/{account_id}/events")
+@router.get("/{account_id}/events", responses=_UNKNOWN)
 async def list_events(
-    account_id: AccountIdPath, runtime: AccountRuntime, limit: Limit = DEFAULT_PAGE_ITEMS,
+    account_id: ReadableAccountId, runtime: AccountRuntime, limit: Limit = DEFAULT_PAGE_ITEMS,
     cursor: Cursor = None,
 ) -> EventPage:
     """The account's stored events, the audit trail, with their chain hashes."""

@@ -164,7 +164,10 @@ class _Accounts:
         """Lock the accounts' balances rows (in id order) and load them; unknown_account
         refusal for one that does not exist, unless `missing_ok`."""
         loaded: dict[str, AccountState] = {}
-        for account_id in sorted(set(account_ids)):
+        ids = sorted(set(account_ids))
+        # Every stream first, then the rows: no transaction id is taken before the last lock.
+        await repository.lock_streams(unit.store, unit.connection, ids)
+        for account_id in ids:
             state = await repository.load(
                 unit.store, unit.connection, account_id, for_update=True
             )

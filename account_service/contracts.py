@@ -17,6 +17,12 @@ from ledger.commands import Command
 
 AmountMinor = Annotated[int, Field(gt=0, le=10**18)]
 Identifier = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
+AssetCode = Annotated[str, Field(pattern=r"^[A-Z][A-Z0-9]{1,11}$")]
+"""A currency or instrument code, as `ledger.money` accepts them."""
+HoldId = Annotated[str, Field(min_length=1, max_length=210, pattern=r"^[A-Za-z0-9_.:-]+$")]
+"""`{transfer_id}:{leg_id}:{side}` (see `hold_id`)."""
+Reference = Annotated[str, Field(min_length=1, max_length=200)]
+Reason = Annotated[str, Field(min_length=1, max_length=500)]
 
 
 class EntryKind(StrEnum):
@@ -49,32 +55,32 @@ class AccountOpened(AccountEvent):
     event_type: ClassVar[str] = "AccountOpened"
     account_id: Identifier
     owner: Identifier
-    currency: str
-    overdraft_limit_minor: int = Field(ge=0)
+    currency: AssetCode
+    overdraft_limit_minor: int = Field(ge=0, le=10**18)
 
 
 class Deposited(AccountEvent):
     event_type: ClassVar[str] = "Deposited"
-    entry_id: str
+    entry_id: Identifier
     amount_minor: AmountMinor
-    reference: str | None = None
+    reference: Reference | None = None
 
 
 class Withdrawn(AccountEvent):
     event_type: ClassVar[str] = "Withdrawn"
-    entry_id: str
+    entry_id: Identifier
     amount_minor: AmountMinor
-    reference: str | None = None
+    reference: Reference | None = None
 
 
 class HoldPlaced(AccountEvent):
     """Money reserved on this account for one saga leg: a pending debit or credit."""
 
     event_type: ClassVar[str] = "HoldPlaced"
-    hold_id: str
+    hold_id: HoldId
     side: HoldSide
     amount_minor: AmountMinor
-    transfer_id: str
+    transfer_id: Identifier
     kind: MovementKind
 
 
@@ -82,10 +88,10 @@ class HoldPosted(AccountEvent):
     """The hold became a posted movement: exactly its amount, out or in."""
 
     event_type: ClassVar[str] = "HoldPosted"
-    hold_id: str
+    hold_id: HoldId
     side: HoldSide
     amount_minor: AmountMinor
-    transfer_id: str
+    transfer_id: Identifier
     kind: MovementKind
 
 
@@ -93,24 +99,24 @@ class HoldVoided(AccountEvent):
     """The hold was released; no money moved."""
 
     event_type: ClassVar[str] = "HoldVoided"
-    hold_id: str
+    hold_id: HoldId
     side: HoldSide
     amount_minor: AmountMinor
-    transfer_id: str
+    transfer_id: Identifier
 
 
 class HoldCancelled(AccountEvent):
     """This hold id will never be placed: its void came first (a late reserve is refused)."""
 
     event_type: ClassVar[str] = "HoldCancelled"
-    hold_id: str
+    hold_id: HoldId
     side: HoldSide
-    transfer_id: str
+    transfer_id: Identifier
 
 
 class AccountFrozen(AccountEvent):
     event_type: ClassVar[str] = "AccountFrozen"
-    reason: str | None = None
+    reason: Reason | None = None
 
 
 class AccountUnfrozen(AccountEvent):
@@ -138,7 +144,7 @@ class Leg(BaseModel):
     from_account: Identifier
     to_account: Identifier
     amount_minor: AmountMinor
-    currency: str
+    currency: AssetCode
     kind: MovementKind = EntryKind.TRANSFER
 
 
@@ -167,8 +173,8 @@ class LegsDone(BaseModel):
     """The reply to reserve, post and void: what the accounts hold now for the transfer."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    transfer_id: str
-    hold_ids: tuple[str, ...]
+    transfer_id: Identifier
+    hold_ids: tuple[HoldId, ...] = Field(max_length=16)
 
 
 def hold_id(transfer_id: str, leg_id: str, side: HoldSide) -> str:

@@ -6,7 +6,7 @@ its folded state as of `version`, and only events after it (normally none) are r
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import orjson
 
@@ -25,9 +25,11 @@ async def load(
 ) -> AccountState | None:
     """The account's current state, or None when it was never opened.
 
-    `for_update` locks the account's balances row until the transaction ends, so writers of
-    one account queue for it instead of racing to the append and retrying.
+    `for_update` locks the account's stream and balances row until the transaction ends, so
+    writers of one account queue for it instead of racing to the append and retrying.
     """
+    if for_update:
+        await lock_streams(store, executor, [account_id])
     lock = " for update" if for_update else ""
     row = await executor.fetchrow(
         f"select {BALANCE_COLUMNS} from {store.schema}.balances where account_id = $1{lock}",
@@ -44,6 +46,19 @@ async def load(
     if not rows:
         return state
     return fold([decode(row["event_type"], orjson.loads(row["data"])) for row in rows], state)
+
+
+async def lock_streams(store: EventStore, executor: Executor, account_ids: Iterable[str]
+                       ) -> None:  # fmt: skip
+    """Queue for the accounts' streams (in id order) on the event store's per-stream lock,
+    which takes no transaction id: taken before any row lock, the transaction's id comes
+    after the streams' last writers', so its appends are never refused as out of commit
+    order (docs/append-order.md). Held until the transaction ends; taking it again is free."""
+    for account_id in sorted(set(account_ids)):
+        await executor.execute(
+            "select pg_advisory_xact_lock(hashtext($1), hashtext($2))",
+            store.schema, stream_of(account_id),
+        )  # fmt: skip
 
 
 async def require(

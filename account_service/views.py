@@ -17,6 +17,7 @@ from account_service.domain import AccountError, AccountState, InsufficientFunds
 from eventstore import RecordedEvent
 from ledger.money import AmountError, Assets
 from ledger.problems import Problem
+from ledger.validation import is_position
 
 ID_PATTERN: Final = r"^[A-Za-z0-9_.:-]{1,100}$"
 """Account ids and owners, as the account's events accept them."""
@@ -188,7 +189,9 @@ def decode_cursor(cursor: str | None, kind: str, key_type: type[str] | type[int]
         cursor_kind, after = orjson.loads(base64.urlsafe_b64decode(padded.encode()))
     except (ValueError, TypeError, binascii.Error):
         cursor_kind, after = None, None
-    if cursor_kind != kind or type(after) is not key_type:
+    if cursor_kind != kind or type(after) is not key_type or (
+        key_type is int and not is_position(after)
+    ):
         raise Problem(422, "the cursor is not one this list gave out", code="invalid_cursor")
     return after
 

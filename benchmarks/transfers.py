@@ -49,7 +49,9 @@ import asyncpg
 import httpx
 import nats
 import uvicorn
+from pydantic import SecretStr
 
+from ledger.auth import Scope, TokenSigner
 from ledger.embedded import free_port, servers
 from ledger.host import ServiceHost, running
 from ledger.http import create_app
@@ -341,8 +343,11 @@ async def serve(settings: Settings, args: argparse.Namespace, owner: str) -> Fig
                 await asyncio.sleep(0.01)
             limits = httpx.Limits(max_connections=args.clients + 8,
                                   max_keepalive_connections=args.clients + 8)
+            token = TokenSigner.from_settings(settings).issue("benchmark", [Scope.ADMIN],
+                                                              ttl_s=24 * 3600)  # fmt: skip
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits,
-                                         timeout=WAIT_S + 30) as client:
+                                         timeout=WAIT_S + 30,
+                                         headers={"Authorization": f"Bearer {token}"}) as client:
                 log(f"opening and funding {args.accounts} accounts")
                 started = time.perf_counter()
                 account_ids = await open_accounts(client, owner, args.accounts, args.clients)
@@ -383,6 +388,9 @@ async def benchmark(args: argparse.Namespace, dsn: str, nats_url: str) -> Figure
     settings = Settings(
         database_url=dsn, nats_url=nats_url, schema_prefix=f"bench{secrets.token_hex(4)}_",
         log_level="WARNING", log_json=False,
+        # Tokens are checked as in production; one client sends as fast as it can, which no
+        # per-token rate limit would allow.
+        auth_jwt_secret=SecretStr(secrets.token_urlsafe(32)), rate_limit_per_s=0,
     )  # fmt: skip
     configure_logging(settings.log_level, as_json=settings.log_json)
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)

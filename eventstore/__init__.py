@@ -39,6 +39,7 @@ from eventstore.projections import (
     RowDifference,
     projection_subscription,
     rebuild,
+    replay_estimate,
 )
 from eventstore.snapshots import Snapshot
 from eventstore.store import EventStore, UnitOfWork
@@ -89,6 +90,7 @@ __all__ = [
     "rebuild",
     "record_reply",
     "recorded_reply",
+    "replay_estimate",
     "store_response",
     "stored_response",
     "verify_chains",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -33,8 +34,17 @@ class ChainReport:
         return self.breaks[0] if self.breaks else None
 
 
-async def verify_chains(store: EventStore, stream_id: str | None = None) -> ChainReport:
-    """Recompute the chain of every stream (or of one) from the stored rows, raw, not upcast."""
+async def verify_chains(
+    store: EventStore,
+    stream_id: str | None = None,
+    *,
+    on_events: Callable[[int], None] | None = None,
+) -> ChainReport:
+    """Recompute the chain of every stream (or of one) from the stored rows, raw, not upcast.
+
+    `on_events(n)` is called as each stream is checked, with its number of events (progress
+    of a long verification).
+    """
     report = ChainReport()
     where = "where stream_id = $1" if stream_id is not None else ""
     arguments = [stream_id] if stream_id is not None else []
@@ -61,14 +71,23 @@ async def verify_chains(store: EventStore, stream_id: str | None = None) -> Chai
                 event = reads.decode(row)
                 if current and current[0].stream_id != event.stream_id:
                     _check_stream(report, current, heads.pop(current[0].stream_id, None))
+                    _report_progress(on_events, current)
                     current = []
                 current.append(event)
             if current:
                 _check_stream(report, current, heads.pop(current[0].stream_id, None))
+                _report_progress(on_events, current)
     for empty_stream in sorted(heads):
         report.breaks.append(ChainBreak(empty_stream, 1, "stream has a head but no events"))
     report.breaks.sort(key=lambda item: item.stream_id)
     return report
+
+
+def _report_progress(
+    on_events: Callable[[int], None] | None, events: list[RecordedEvent]
+) -> None:
+    if on_events is not None:
+        on_events(len(events))
 
 
 def _check_stream(

@@ -69,8 +69,11 @@ class Notifier:
         if self.generation > generation:
             return
         changed = self._changed
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that
+        # arrives as the event is set, and a subscription loop cancelled so would run on.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(changed.wait(), timeout=timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await changed.wait()
 
     def _on_notify(self, *_: object) -> None:
         self.generation += 1

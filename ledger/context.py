@@ -104,10 +104,12 @@ def from_client_headers(headers: Mapping[str, str] | None) -> RequestContext:
 
 
 def from_metadata(metadata: Mapping[str, Any], event_id: str) -> RequestContext:
-    """The context in which to handle an event: its correlation, caused by the event itself."""
+    """The context in which to handle an event: its correlation and actor (whoever asked for
+    what follows from it), caused by the event itself."""
     headers = {
         CORRELATION_HEADER: str(metadata.get("correlation_id", "")),
         TRACEPARENT_HEADER: str(metadata.get("traceparent", "")),
+        ACTOR_HEADER: str(metadata.get("actor") or ""),
     }
     return from_headers(headers).caused_by(event_id)
 

@@ -26,12 +26,13 @@ from nats.js import JetStreamContext
 from eventstore import EventStore, EventStoreError, Projection
 from eventstore.notifier import Notifier
 from ledger import metrics
-from ledger.bus import connect, ensure_streams
+from ledger.bus import NatsSecurity, connect, ensure_streams
 from ledger.relay import EventRelay, relay_lag_events
 from ledger.settings import Settings
 
 _log = logging.getLogger(__name__)
 _READY_TIMEOUT_S: Final = 1.0
+_RECANCEL_AFTER_S: Final = 1.0
 
 TaskFactory: TypeAlias = Callable[[], Coroutine[Any, Any, None]]
 """Makes the coroutine of a background task afresh, once per (re)start."""
@@ -149,7 +150,9 @@ class ServiceHost:
             raise
 
     async def _start(self) -> None:
-        self.nc = await connect(self.settings.nats_servers, "ledger")
+        self.nc = await connect(
+            self.settings.nats_servers, "ledger", NatsSecurity.from_settings(self.settings)
+        )
         js = self.nc.jetstream()
         await ensure_streams(js, self.settings)
         for service in self.services:
@@ -237,8 +240,13 @@ async def _answers(store: EventStore) -> bool:
 
 
 async def _cancel_tasks(runtime: Runtime) -> None:
-    for task in runtime._tasks:
-        task.cancel()
+    # Cancel again whatever still runs after a moment: on Python 3.11 asyncio.wait_for (in
+    # nats-py too) swallows a cancellation that arrives as its awaitable completes.
+    pending = {task for task in runtime._tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=_RECANCEL_AFTER_S)
     await asyncio.gather(*runtime._tasks, return_exceptions=True)
     runtime._tasks.clear()
 

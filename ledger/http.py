@@ -7,17 +7,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Final
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ledger import context, metrics
+from ledger.auth import authorize_route, install_access_control
 from ledger.dependencies import HostDep
 from ledger.host import ServiceHost
 from ledger.problems import (
+    document_problems,
     install_problem_handlers,
     internal_error_response,
     problem_response,
+    problem_responses,
 )
 from ledger.streaming import router as streaming_router
 
@@ -42,9 +45,12 @@ def create_app(host: ServiceHost, *, manage_host: bool = True) -> FastAPI:
         version="0.1.0",
         description="An event-sourced financial ledger.",
         lifespan=lifespan,
+        dependencies=[Depends(authorize_route)],  # every route's scopes: ledger.auth.policy
     )
     app.state.host = host
     install_problem_handlers(app)
+    document_problems(app)
+    install_access_control(app, host.settings)  # inside the context middleware added next
     app.middleware("http")(_context_and_metrics)
     _add_platform_routes(app)
     app.include_router(streaming_router)
@@ -90,7 +96,8 @@ def _add_platform_routes(app: FastAPI) -> None:
         """The process is up."""
         return {"status": "live"}
 
-    @app.get("/health/ready", tags=["health"], response_model=None)
+    @app.get("/health/ready", tags=["health"], response_model=None,
+             responses=problem_responses(503))
     async def ready(request: Request, host: HostDep) -> JSONResponse:
         """200 when PostgreSQL and NATS answer, 503 (problem+json) naming what does not."""
         checks = await host.readiness()

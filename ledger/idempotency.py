@@ -32,6 +32,7 @@ from eventstore import (
     ConcurrencyError,
     EventStore,
     StoredResponse,
+    TransientConflict,
     UnitOfWork,
     store_response,
     stored_response,
@@ -42,8 +43,12 @@ from ledger.problems import PROBLEM_MEDIA_TYPE, Problem, problem_body
 IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
 REPLAYED_HEADER: Final = "Idempotent-Replayed"
 MAX_KEY_CHARS: Final = 200
+_KEY_BOUNDS: Final = {"minLength": 1, "maxLength": MAX_KEY_CHARS}
+"""What `check_key` enforces, for the OpenAPI (it answers with its own problem code)."""
 KEPT_REFUSAL_STATUSES: Final = frozenset({409})
 """Refusals stored under their key like a success (see the module's docstring)."""
+_RACES: Final = (ConcurrencyError, TransientConflict)
+"""Lost races with concurrent writers: the work runs again from the start, boundedly."""
 _BACKOFF_BASE_S: Final = 0.002
 _BACKOFF_MAX_S: Final = 0.05
 
@@ -104,13 +109,15 @@ def check_key(key: str | None) -> str:
 
 
 def _required_key(
-    key: Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER)] = None,
+    key: Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER, json_schema_extra=_KEY_BOUNDS)
+                   ] = None,
 ) -> str:
     return check_key(key)
 
 
 def _optional_key(
-    key: Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER)] = None,
+    key: Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER, json_schema_extra=_KEY_BOUNDS)
+                   ] = None,
 ) -> str | None:
     return None if key is None else check_key(key)
 
@@ -130,7 +137,7 @@ async def in_unit_of_work(
     """
     try:
         return await _retrying(store, work, attempts)
-    except ConcurrencyError as error:
+    except _RACES as error:
         raise _lost_races(error, attempts) from error
 
 
@@ -155,7 +162,7 @@ async def once(
 
     try:
         return await _retrying(store, first_or_replay, attempts)
-    except ConcurrencyError as error:
+    except _RACES as error:
         raise _lost_races(error, attempts) from error
     except _AnsweredFirst:
         pass
@@ -184,7 +191,7 @@ async def _retrying(
         try:
             async with store.unit_of_work() as unit:
                 return await work(unit)
-        except ConcurrencyError:
+        except _RACES:
             if attempt == attempts:
                 raise
             # Jitter, so the writers that lost together do not collide again together.
@@ -210,9 +217,10 @@ def _replay(stored: StoredResponse, request: IdempotentRequest) -> Answer:
     return Answer(stored.status_code, stored.response, is_replay=True)
 
 
-def _lost_races(error: ConcurrencyError, attempts: int) -> Problem:
+def _lost_races(error: ConcurrencyError | TransientConflict, attempts: int) -> Problem:
+    stream = {"stream_id": error.stream_id} if isinstance(error, ConcurrencyError) else {}
     return Problem(
         409, f"the account changed concurrently on {attempts} attempts; retry the request"
         " (with the same Idempotency-Key, if it has one)",
-        code="concurrent_update", stream_id=error.stream_id,
+        code="concurrent_update", **stream,
     )

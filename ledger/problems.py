@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any, Final
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from eventstore import (
     ConcurrencyError,
@@ -20,7 +23,21 @@ from eventstore import (
 )
 
 PROBLEM_MEDIA_TYPE: Final = "application/problem+json"
+PROBLEM_SCHEMA: Final = "Problem"
+"""The name of the problem body's schema in the OpenAPI components."""
 _log = logging.getLogger(__name__)
+_METHODS: Final = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+_DESCRIPTIONS: Final = {
+    400: "The request body could not be read as JSON.",
+    401: "No valid bearer token: missing, malformed, expired or forged.",
+    403: "The token is valid but may not do this.",
+    404: "No such resource (or none this token may see).",
+    409: "Refused in the resource's current state, or lost to concurrent writers.",
+    413: "The request body is larger than the ledger accepts.",
+    422: "The request is not valid: `errors` names each field and what is wrong with it.",
+    429: "Too many requests for this token; retry after `Retry-After` seconds.",
+    503: "A server the ledger needs (PostgreSQL, NATS) is not answering.",
+}
 
 
 class Problem(Exception):
@@ -34,6 +51,69 @@ class Problem(Exception):
         self.detail = detail
         self.code = code or HTTPStatus(status).phrase.lower().replace(" ", "_")
         self.extensions = extensions
+
+
+class FieldError(BaseModel):
+    """One reason a request is not valid: where (`["body", "amount"]`) and what."""
+
+    location: list[str | int]
+    message: str
+
+
+class ProblemDetails(BaseModel):
+    """The body of every error answer, as the OpenAPI documents it. Problems may carry
+    more members (`needed`, `available`, `stream_id`...), so others are allowed."""
+
+    model_config = ConfigDict(extra="allow", title=PROBLEM_SCHEMA)
+    type: str = Field(description="A URI naming the kind of problem.")
+    title: str = Field(description="The HTTP status phrase.")
+    status: int = Field(ge=400, le=599)
+    detail: str = Field(description="What went wrong, for a person.")
+    instance: str = Field(description="The path of the request.")
+    code: str = Field(description="The kind of problem, stable, for a program.")
+    errors: list[FieldError] | None = Field(
+        default=None, description="With `validation_failed`: every field that is not valid."
+    )
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` metadata for a route or router: each status answers problem+json."""
+    return {
+        status: {
+            "description": _DESCRIPTIONS.get(status, HTTPStatus(status).phrase),
+            "content": {
+                PROBLEM_MEDIA_TYPE: {"schema": {"$ref": f"#/components/schemas/{PROBLEM_SCHEMA}"}}
+            },
+        }
+        for status in statuses
+    }
+
+
+def document_problems(app: FastAPI) -> None:
+    """Put the problem body's schema in `app`'s OpenAPI, where `problem_responses` refer."""
+    generate: Callable[[], dict[str, Any]] = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = generate()  # cached by FastAPI in app.openapi_schema: edit it in place
+        schema = ProblemDetails.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = document.setdefault("components", {}).setdefault("schemas", {})
+        components.update(schema.pop("$defs", {}))
+        components[PROBLEM_SCHEMA] = schema
+        for path in document.get("paths", {}).values():
+            for operation in path.values():
+                if "requestBody" in operation:  # FastAPI answers 400 to a body not UTF-8
+                    _add_responses(operation, 400)
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
+
+
+def _add_responses(operation: dict[str, Any], *statuses: int) -> None:
+    responses = operation.setdefault("responses", {})
+    for status, response in problem_responses(*statuses).items():
+        responses.setdefault(str(status), response)
 
 
 def problem_body(
@@ -81,7 +161,12 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, error: StarletteHTTPException) -> JSONResponse:
         code = HTTPStatus(error.status_code).phrase.lower().replace(" ", "_")
-        return problem_response(error.status_code, str(error.detail), code, request.url.path)
+        response = problem_response(error.status_code, str(error.detail), code, request.url.path)
+        response.headers.update(error.headers or {})
+        allowed = _allowed_methods(request) if error.status_code == 405 else ""
+        if allowed:
+            response.headers["Allow"] = allowed
+        return response
 
     @app.exception_handler(StreamNotFound)
     async def on_not_found(request: Request, error: StreamNotFound) -> JSONResponse:
@@ -110,6 +195,18 @@ def install_problem_handlers(app: FastAPI) -> None:
         # ledger.http's middleware answers first, with the correlation id in headers; this
         # is the backstop for an error raised outside it.
         return internal_error_response(request, error)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at the request's path: Starlette's 405 names only
+    those of the first route that matched the path (`/v1/accounts` has a GET and a POST)."""
+    routes = request.app.router.routes
+    allowed = [
+        method for method in _METHODS
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL
+               for route in routes)
+    ]  # fmt: skip
+    return ", ".join(allowed)
 
 
 def internal_error_response(

@@ -22,7 +22,7 @@ from eventstore._db import Connection
 from eventstore._translate import translated_errors
 from ledger import metrics
 from ledger.bus import event_subject
-from ledger.context import CAUSATION_HEADER, CORRELATION_HEADER, TRACEPARENT_HEADER
+from ledger.context import ACTOR_HEADER, CAUSATION_HEADER, CORRELATION_HEADER, TRACEPARENT_HEADER
 from ledger.settings import Settings
 
 MSG_ID_HEADER: Final = "Nats-Msg-Id"
@@ -48,6 +48,7 @@ def event_message(event: RecordedEvent) -> tuple[bytes, dict[str, str]]:
         (CORRELATION_HEADER, "correlation_id"),
         (CAUSATION_HEADER, "causation_id"),
         (TRACEPARENT_HEADER, "traceparent"),
+        (ACTOR_HEADER, "actor"),  # so work that follows from the event keeps its actor
     ):
         value = event.metadata.get(key)
         if isinstance(value, str) and value:
@@ -103,7 +104,10 @@ class EventRelay:
         try:
             for event in events:
                 acks.append(await self._publish_async(event))
-            await asyncio.wait_for(asyncio.gather(*acks), timeout=self.ack_timeout_s)
+            # asyncio.timeout, not wait_for, which on Python 3.11 swallows a cancellation
+            # arriving as the acks complete (the host's stop would then wait for ever).
+            async with asyncio.timeout(self.ack_timeout_s):
+                await asyncio.gather(*acks)
         except BaseException:
             for ack in acks:
                 ack.cancel()
@@ -113,7 +117,8 @@ class EventRelay:
         for event in events:
             ack = await self._publish_async(event)
             try:
-                await asyncio.wait_for(ack, timeout=self.ack_timeout_s)
+                async with asyncio.timeout(self.ack_timeout_s):
+                    await ack
             except BaseException:
                 ack.cancel()
                 raise

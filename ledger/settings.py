@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import Field, PositiveFloat, PositiveInt
+from pydantic import (
+    Field,
+    FilePath,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ledger.money import DEFAULT_MAX_AMOUNT_MINOR, DEFAULT_SCALES, Assets
@@ -45,9 +52,86 @@ class Settings(BaseSettings):
         default=90 * 86_400.0, description="How long a parked (dead-lettered) message is kept."
     )
 
+    # NATS credentials and TLS (docs/nats-permissions.md): at most one way to authenticate.
+    nats_user: str | None = Field(default=None, min_length=1, max_length=256)
+    nats_password: SecretStr | None = Field(default=None, description="With nats_user.")
+    nats_nkey_seed_file: FilePath | None = Field(
+        default=None, description="A file holding the user's nkey seed (SU...)."
+    )
+    nats_credentials_file: FilePath | None = Field(
+        default=None, description="A `.creds` file: the user's JWT and nkey seed."
+    )
+    nats_tls_ca_file: FilePath | None = Field(
+        default=None, description="CA bundle that signed the servers' certificates (TLS on)."
+    )
+    nats_tls_cert_file: FilePath | None = Field(
+        default=None, description="Client certificate, for servers that verify clients."
+    )
+    nats_tls_key_file: FilePath | None = Field(
+        default=None, description="The client certificate's private key."
+    )
+    nats_tls_hostname: str | None = Field(
+        default=None, min_length=1, max_length=253,
+        description="The name the servers' certificates carry, when the URLs name others.",
+    )
+    nats_inbox_prefix: str = Field(
+        default="_INBOX", pattern=r"^_INBOX(\.[A-Za-z0-9_-]{1,64}){0,3}$",
+        description="Subject prefix of this client's replies; one per service (`_INBOX.account`)"
+        " lets NATS permissions keep each service from reading the others' replies.",
+    )
+
+    @model_validator(mode="after")
+    def _nats_security_is_consistent(self) -> Self:
+        """Refuse half-given NATS credentials at start, not as a refused connection later."""
+        if (self.nats_user is None) != (self.nats_password is None):
+            raise ValueError("LEDGER_NATS_USER and LEDGER_NATS_PASSWORD go together")
+        ways = [name for name, value in (
+            ("LEDGER_NATS_USER", self.nats_user),
+            ("LEDGER_NATS_NKEY_SEED_FILE", self.nats_nkey_seed_file),
+            ("LEDGER_NATS_CREDENTIALS_FILE", self.nats_credentials_file),
+        ) if value is not None]  # fmt: skip
+        if len(ways) > 1:
+            raise ValueError(f"NATS takes one way to authenticate; got {' and '.join(ways)}")
+        if (self.nats_tls_cert_file is None) != (self.nats_tls_key_file is None):
+            raise ValueError("LEDGER_NATS_TLS_CERT_FILE and LEDGER_NATS_TLS_KEY_FILE go together")
+        return self
+
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8000, ge=0, le=65535)
     data_dir: Path = Path(".ledger")
+
+    # Access control and request limits (docs/auth.md).
+    auth: Literal["on", "off"] = Field(
+        default="on", description="`off` skips token checks: local experiments only, never"
+        " in production.",
+    )
+    auth_jwt_secret: SecretStr | None = Field(
+        default=None, description="HS256 secret (32 bytes or more); unset in development: one"
+        " kept in the data directory.",
+    )
+    auth_public_keys: dict[
+        Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")], str
+    ] = Field(
+        default_factory=dict,
+        description='RS256/ES256 public keys by key id (`kid`), each a PEM or a path to one:'
+        ' {"2025-01": "/keys/2025-01.pem"}.',
+    )
+    auth_issuer: str | None = Field(default=None, max_length=256,
+                                    description="Required `iss` of tokens, when set.")
+    auth_audience: str | None = Field(default=None, max_length=256,
+                                      description="Required `aud` of tokens, when set.")
+    auth_token_ttl_s: int = Field(default=3600, ge=1, le=366 * 86_400,
+                                  description="Lifetime of tokens `ledger token create` makes.")
+    auth_clock_skew_s: int = Field(default=30, ge=0, le=600,
+                                   description="Leeway when checking `exp`, `nbf` and `iat`.")
+    rate_limit_per_s: float = Field(
+        default=100.0, ge=0, le=1_000_000, description="Requests per second per token subject"
+        " (per client address without a valid token), per replica; 0: no limit.",
+    )
+    rate_limit_burst: PositiveInt = Field(default=200, le=1_000_000,
+                                          description="Requests a subject may make at once.")
+    max_body_bytes: PositiveInt = Field(default=65_536, le=64 * 1024 * 1024,
+                                        description="Largest request body accepted (413 above).")
 
     relay_batch_events: PositiveInt = 500
     relay_ack_timeout_s: PositiveFloat = 5.0
@@ -108,8 +192,8 @@ class Settings(BaseSettings):
     )
     saga_step_max_attempts: int = Field(
         default=5, ge=1, le=100,
-        description="Attempts of a step before the pivot (or of a compensation) before the"
-        " saga compensates (or parks); steps from the pivot on are retried until they succeed.",
+        description="Attempts of a step before the pivot before the saga compensates; steps"
+        " from the pivot on and compensations are retried until they are answered.",
     )
     saga_backoff_first_s: PositiveFloat = Field(
         default=0.5, description="Pause after a step's first failed attempt (doubles, jittered)."

@@ -14,7 +14,7 @@ from fastapi.responses import StreamingResponse
 from eventstore import EventStore, RecordedEvent
 from eventstore.notifier import Notifier
 from ledger.dependencies import HostDep
-from ledger.problems import Problem
+from ledger.problems import Problem, problem_responses
 
 HEARTBEAT_S: Final = 15.0
 PAGE_EVENTS: Final = 500
@@ -29,7 +29,7 @@ router = APIRouter(tags=["streams"])
 @router.get(
     "/v1/streams/{stream_id}/events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}, 404: {"description": "No stream"}},
+    responses={200: {"content": {"text/event-stream": {}}}, **problem_responses(404, 422, 503)},
 )
 async def follow_stream(
     request: Request,

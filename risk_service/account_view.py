@@ -14,7 +14,11 @@ consumer's lag is the `ledger_consumer_lag_messages{consumer="risk-accounts"}` g
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Final
 
 from nats.aio.client import Client
@@ -40,6 +44,8 @@ STATUS_AFTER: Final = {
 """The status an account has after each lifecycle event; other account events are ignored."""
 
 _COLUMNS: Final = "account_id, currency, status, version, updated_at"
+MAX_WAITING_COMMANDS: Final = 10_000
+"""Commands whose view target `ViewProgress` remembers at once (the oldest is forgotten)."""
 
 
 async def ensure_table(store: EventStore) -> None:
@@ -125,3 +131,56 @@ async def account_views(
         row["account_id"]: AccountView(row["account_id"], row["currency"], row["status"])
         for row in rows
     }
+
+
+@dataclass(slots=True)
+class _Wait:
+    """A command waiting for the view: when it first asked, and the stream sequence the view
+    must have handled (taken once the grace has passed)."""
+
+    first_asked_s: float
+    target: int | None = None
+
+
+class ViewProgress:
+    """Whether the view holds every account event committed before a command first asked:
+    the test of a refusal the view alone would make (unknown or frozen account).
+
+    An account event reaches the view in two hops, each of which lags: the account service's
+    relay publishes it to JetStream within about its subscription poll interval (`grace_s`),
+    then the view's consumer handles it. So a command is answered only once `grace_s` has
+    passed since its first ask, and then once the consumer has handled every message the
+    stream held at that moment. "Nothing pending now" would be no such test: under a steady
+    flow of account events the consumer is always a few messages behind, and an unknown
+    account would be asked about again until the saga gave up. Until then the command is
+    asked again (CommandNotReady; the saga retries with the same command id). The waits are
+    kept in memory: a retry that reaches another replica starts a wait of its own there.
+    """
+
+    def __init__(self, consumer: DurableConsumer, grace_s: float, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 max_waiting: int = MAX_WAITING_COMMANDS) -> None:  # fmt: skip
+        assert grace_s >= 0, "a grace is not negative"
+        self._consumer = consumer
+        self._grace_s = grace_s
+        self._clock = clock
+        self._max_waiting = max_waiting
+        self._waits: OrderedDict[uuid.UUID, _Wait] = OrderedDict()
+
+    async def is_current_for(self, command_id: uuid.UUID) -> bool:
+        """True when the view holds every account event committed before the command's
+        first ask; False when the command must ask again later. Raises nats.errors.Error
+        when NATS does not answer."""
+        wait = self._waits.get(command_id)
+        if wait is None:
+            wait = self._waits[command_id] = _Wait(self._clock())
+            while len(self._waits) > self._max_waiting:
+                self._waits.popitem(last=False)
+        if self._clock() - wait.first_asked_s < self._grace_s:
+            return False
+        if wait.target is None:
+            wait.target = await self._consumer.stream_last_sequence()
+        if not await self._consumer.has_handled_through(wait.target):
+            return False
+        del self._waits[command_id]
+        return True

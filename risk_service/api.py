@@ -23,7 +23,7 @@ from ledger.dependencies import runtime_of
 from ledger.host import Runtime
 from ledger.idempotency import in_unit_of_work
 from ledger.money import AmountError
-from ledger.problems import Problem
+from ledger.problems import Problem, problem_responses
 from ledger.settings import Settings
 from risk_service import domain, repository
 from risk_service.account_view import account_views
@@ -83,10 +83,13 @@ class _RiskRoute(APIRoute):
         return answer
 
 
-router = APIRouter(prefix="/v1/risk", tags=["risk"], route_class=_RiskRoute)
+router = APIRouter(prefix="/v1/risk", tags=["risk"], route_class=_RiskRoute,
+                   responses=problem_responses(422, 503))
+_UNKNOWN: Final = problem_responses(404)
+_REFUSABLE: Final = problem_responses(404, 409)
 
 
-@router.get("/accounts/{account_id}")
+@router.get("/accounts/{account_id}", responses=_UNKNOWN)
 async def get_account(account_id: AccountIdPath, runtime: RiskRuntime, now: Now) -> RiskAccount:
     """The account's limits in force, block, open exposure and outflow in the last 24 hours.
 
@@ -97,7 +100,7 @@ async def get_account(account_id: AccountIdPath, runtime: RiskRuntime, now: Now)
     return _answer(runtime, view, state, now)
 
 
-@router.put("/accounts/{account_id}/limits")
+@router.put("/accounts/{account_id}/limits", responses=_REFUSABLE)
 async def set_limits(
     account_id: AccountIdPath, body: SetLimits, runtime: RiskRuntime, now: Now
 ) -> RiskAccount:
@@ -108,7 +111,7 @@ async def set_limits(
     return await _change(runtime, view, lambda state: domain.set_limits(state, limits), now)
 
 
-@router.post("/accounts/{account_id}/block")
+@router.post("/accounts/{account_id}/block", responses=_REFUSABLE)
 async def block(account_id: AccountIdPath, body: Reason, runtime: RiskRuntime, now: Now
                 ) -> RiskAccount:
     """Refuse every movement out of the account until unblocked. Blocking a blocked
@@ -117,7 +120,7 @@ async def block(account_id: AccountIdPath, body: Reason, runtime: RiskRuntime, n
     return await _change(runtime, view, lambda state: domain.block(state, body.reason), now)
 
 
-@router.post("/accounts/{account_id}/unblock")
+@router.post("/accounts/{account_id}/unblock", responses=_REFUSABLE)
 async def unblock(account_id: AccountIdPath, body: Reason, runtime: RiskRuntime, now: Now
                   ) -> RiskAccount:
     """Assess the account's movements again; unblocking an unblocked account changes nothing."""

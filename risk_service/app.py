@@ -12,7 +12,7 @@ from eventstore import Projection
 from ledger.commands import CommandService
 from ledger.consumers import ConsumerOptions, DurableConsumer
 from ledger.host import Runtime
-from risk_service.account_view import account_consumer, ensure_table
+from risk_service.account_view import ViewProgress, account_consumer, ensure_table
 from risk_service.api import default_limits, utc_now
 from risk_service.api import router as api_router
 from risk_service.commands import register_commands
@@ -61,7 +61,9 @@ class RiskService:
         self._consumer = consumer
         commands = CommandService(runtime.nc, store, name=self.name, version=VERSION)
         register_commands(
-            commands, default_limits(runtime.settings), self._clock, consumer.is_caught_up
+            commands, default_limits(runtime.settings), self._clock,
+            # The account relay publishes within its poll interval of a commit.
+            ViewProgress(consumer, runtime.settings.subscription_poll_interval_s).is_current_for,
         )
         await commands.start()
         self._commands = commands

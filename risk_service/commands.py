@@ -18,6 +18,7 @@ must commit.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Final
@@ -36,7 +37,7 @@ from risk_service.contracts import (
     Release,
     RiskEvent,
 )
-from risk_service.domain import MovementRequest, RiskState
+from risk_service.domain import AccountView, MovementRequest, RiskState
 from risk_service.events import stream_of
 
 ASSESS: Final = "assess"
@@ -44,7 +45,9 @@ COMMIT: Final = "commit"
 RELEASE: Final = "release"
 
 Clock = Callable[[], datetime]
-ViewCheck = Callable[[], Awaitable[bool]]
+ViewCheck = Callable[[uuid.UUID], Awaitable[bool]]
+"""Whether the view of accounts holds every account event published before the command
+(by its id) first asked (`account_view.ViewProgress.is_current_for`)."""
 
 
 def register_commands(
@@ -57,7 +60,8 @@ def register_commands(
 
     `defaults` are the limits of an account with none of its own; `clock` gives the
     (timezone-aware) time of each decision; `view_is_current` tells whether the view of
-    accounts has caught up with the account service's events (None: assume it has).
+    accounts has caught up with the account service's events as of a command (None: assume
+    it has).
     """
 
     @service.command(ASSESS, Assess, Decision)
@@ -87,14 +91,16 @@ async def assess_movements(
 ) -> Decision:
     """Decide every movement in memory, then append all approvals or only the refusals.
 
-    An account unknown to the view while the view is still catching up (an account opened a
-    moment ago) is not refused: CommandNotReady makes the saga ask again shortly.
+    An account the view does not know, or knows as frozen, is not refused on the view's word
+    while the view is still catching up with the events published before the command (an
+    account opened or unfrozen a moment ago): CommandNotReady makes the saga ask again.
     """
     movements = command.movements
     payers = await _locked_states(unit, (m.from_account for m in movements))
     parties = {m.from_account for m in movements} | {m.to_account for m in movements}
     views = await account_views(unit.connection, unit.store.schema, parties)
-    if view_is_current is not None and parties - views.keys() and not await view_is_current():
+    if (view_is_current is not None and _may_be_stale(parties, views)
+            and not await view_is_current(command.command_id)):
         raise CommandNotReady("the view of accounts is catching up with the account service")
     evolved = dict(payers)
     decided: list[tuple[str, RiskEvent]] = []
@@ -116,6 +122,12 @@ async def assess_movements(
     return Decision(
         transfer_id=command.transfer_id, approved=False, reason=first.reason, detail=first.detail
     )
+
+
+def _may_be_stale(parties: set[str], views: dict[str, AccountView]) -> bool:
+    """Whether a refusal would rest on something a newer account event may undo: an account
+    not known yet, or known as frozen (an unfreeze may be on its way; closed is final)."""
+    return bool(parties - views.keys()) or any(v.status == "frozen" for v in views.values())
 
 
 async def _end_each(

@@ -18,6 +18,10 @@ from ledger.commands import Command
 AmountMinor = Annotated[int, Field(gt=0, le=10**18)]
 LimitMinor = Annotated[int, Field(ge=0, le=10**18)]
 Identifier = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
+AssetCode = Annotated[str, Field(pattern=r"^[A-Z][A-Z0-9]{1,11}$")]
+"""A currency or instrument code, as `ledger.money` accepts them."""
+Reason = Annotated[str, Field(min_length=1, max_length=500)]
+Detail = Annotated[str, Field(max_length=1000)]
 
 
 class RefusalReason(StrEnum):
@@ -71,22 +75,22 @@ class LimitsSet(RiskEvent):
 
 class AccountBlocked(RiskEvent):
     event_type: ClassVar[str] = "AccountBlocked"
-    reason: str
+    reason: Reason
 
 
 class AccountUnblocked(RiskEvent):
     event_type: ClassVar[str] = "AccountUnblocked"
-    reason: str
+    reason: Reason
 
 
 class ExposureReserved(RiskEvent):
     """Approved: `amount_minor` may leave the account for this leg of the transfer."""
 
     event_type: ClassVar[str] = "ExposureReserved"
-    transfer_id: str
-    leg_id: str
+    transfer_id: Identifier
+    leg_id: Identifier
     amount_minor: AmountMinor
-    currency: str
+    currency: AssetCode
     decided_at: datetime
     limits: Limits
 
@@ -95,12 +99,12 @@ class MovementRefused(RiskEvent):
     """Refused, with the reason and the limits in force."""
 
     event_type: ClassVar[str] = "MovementRefused"
-    transfer_id: str
-    leg_id: str
+    transfer_id: Identifier
+    leg_id: Identifier
     amount_minor: AmountMinor
-    currency: str
+    currency: AssetCode
     reason: RefusalReason
-    detail: str
+    detail: Detail
     decided_at: datetime
     limits: Limits
 
@@ -109,8 +113,8 @@ class ExposureCommitted(RiskEvent):
     """The movement happened: it now counts toward the daily outflow."""
 
     event_type: ClassVar[str] = "ExposureCommitted"
-    transfer_id: str
-    leg_id: str
+    transfer_id: Identifier
+    leg_id: Identifier
     amount_minor: AmountMinor
     committed_at: datetime
 
@@ -119,8 +123,8 @@ class ExposureReleased(RiskEvent):
     """The movement did not happen: the exposure is freed and counts for nothing."""
 
     event_type: ClassVar[str] = "ExposureReleased"
-    transfer_id: str
-    leg_id: str
+    transfer_id: Identifier
+    leg_id: Identifier
     amount_minor: AmountMinor
 
 
@@ -141,7 +145,7 @@ class Movement(BaseModel):
     from_account: Identifier
     to_account: Identifier
     amount_minor: AmountMinor
-    currency: str
+    currency: AssetCode
 
 
 class Assess(Command):
@@ -170,10 +174,10 @@ class Decision(BaseModel):
     event like an approval, so it is a normal reply, not a command refusal."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    transfer_id: str
+    transfer_id: Identifier
     approved: bool
     reason: RefusalReason | None = None
-    detail: str | None = None
+    detail: Detail | None = None
 
 
 def _first(value: int | None, default: int | None) -> int | None:

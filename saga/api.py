@@ -8,15 +8,15 @@ from datetime import datetime
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, Path, Query
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from eventstore import RecordedEvent
 from ledger import context
 from ledger.dependencies import runtime_of
 from ledger.host import Runtime
-from ledger.problems import Problem
+from ledger.problems import Problem, problem_responses
 from saga import log
-from saga.contracts import SagaRetried, SagaStatus
+from saga.contracts import SagaStatus
 from saga.definition import SETTLE_LEGS
 from trade_service.contracts import SettlementLeg
 
@@ -26,7 +26,7 @@ _OUTCOMES: Final = {"StepSucceeded": "succeeded", "StepRefused": "refused", "Ste
 
 SagaRuntime = Annotated[Runtime, Depends(runtime_of("saga"))]
 SagaIdPath = Annotated[str, Path(pattern=ID_PATTERN)]
-router = APIRouter(prefix="/v1/sagas", tags=["sagas"])
+router = APIRouter(prefix="/v1/sagas", tags=["sagas"], responses=problem_responses(422, 503))
 
 
 class StepView(BaseModel):
@@ -73,10 +73,13 @@ class SagaPage(BaseModel):
 
 
 class RetryRequest(BaseModel):
-    by: str | None = None
+    """Who sends the saga on, when the request carries no authenticated actor."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    by: Annotated[str, Field(min_length=1, max_length=100)] | None = None
 
 
-@router.get("/{saga_id}")
+@router.get("/{saga_id}", responses=problem_responses(404))
 async def get_saga(saga_id: SagaIdPath, runtime: SagaRuntime) -> SagaView:
     """The saga, its status, and every attempt of every step. 404 for an unknown saga."""
     return _view(await log.load(runtime.store, SETTLE_LEGS, saga_id))
@@ -96,21 +99,19 @@ async def list_sagas(
     return SagaPage(items=items, next_after=next_after)
 
 
-@router.post("/{saga_id}/retry")
+@router.post("/{saga_id}/retry", responses=problem_responses(404, 409))
 async def retry_saga(
     saga_id: SagaIdPath, runtime: SagaRuntime, body: RetryRequest | None = None
 ) -> SagaView:
     """Send a parked (`requires_intervention`) saga on: its failed step is tried afresh.
 
     409 when the saga is not parked, or changed meanwhile."""
-    loaded = await log.load(runtime.store, SETTLE_LEGS, saga_id)
-    if loaded.state.status is not SagaStatus.REQUIRES_INTERVENTION:
-        raise Problem(409, f"saga {saga_id} is {loaded.state.status}, not parked",
-                      code="not_parked")  # fmt: skip
     by = context.current().actor or (body.by if body and body.by else "operator")
-    async with runtime.store.unit_of_work() as unit:
-        await log.record(unit, SETTLE_LEGS, loaded.state, (SagaRetried(by=by),),
-                         context.current().as_metadata())  # fmt: skip
+    try:
+        await log.retry_parked(runtime.store, SETTLE_LEGS, saga_id, by,
+                               context.current().as_metadata())  # fmt: skip
+    except log.NotParked as error:
+        raise Problem(409, str(error), code="not_parked") from error
     return _view(await log.load(runtime.store, SETTLE_LEGS, saga_id))
 
 

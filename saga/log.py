@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from eventstore import EventStore, NewEvent, Projection, RecordedEvent, UnitOfWork
 from eventstore._db import Connection, Executor
-from saga.contracts import CATEGORY, SagaEvent, SagaStatus, event_of, stream_of
+from saga.contracts import CATEGORY, SagaEvent, SagaRetried, SagaStatus, event_of, stream_of
 from saga.definition import SagaDefinition
 from saga.state import SagaState, evolve, fold
 
@@ -176,6 +176,32 @@ async def record(
     for event in events:
         state = evolve(definition, state, event)
     return state
+
+
+class NotParked(Exception):
+    """An operator retried a saga that is not parked (`requires_intervention`)."""
+
+    def __init__(self, saga_id: str, status: SagaStatus) -> None:
+        super().__init__(f"saga {saga_id} is {status}, not parked")
+        self.saga_id = saga_id
+        self.status = status
+
+
+async def retry_parked(
+    store: EventStore,
+    definition: SagaDefinition,
+    saga_id: str,
+    by: str,
+    metadata: dict[str, Any],
+) -> SagaState:
+    """The operator's retry (HTTP and CLI alike): record SagaRetried on a parked saga, so its
+    failed step is tried afresh. Raises StreamNotFound for an unknown saga, NotParked, and
+    ConcurrencyError when the saga changed meanwhile."""
+    loaded = await load(store, definition, saga_id)
+    if loaded.state.status is not SagaStatus.REQUIRES_INTERVENTION:
+        raise NotParked(saga_id, loaded.state.status)
+    async with store.unit_of_work() as unit:
+        return await record(unit, definition, loaded.state, (SagaRetried(by=by),), metadata)
 
 
 # --- leases -------------------------------------------------------------------------------

@@ -319,16 +319,17 @@ def _after_failure(
     policy: RetryPolicy,
     jitter: float,
 ) -> tuple[SagaEvent, ...]:
-    is_forward_only = not flight.is_compensation and state.is_past_pivot
-    if flight.attempt < policy.max_attempts or is_forward_only:
+    # From the pivot on, and while compensating, there is no other way to a final state:
+    # such a step is retried until it is answered. An outage, however long, only delays
+    # the saga; parking it would leave its transfer pending and its holds open until an
+    # operator came, though nothing but the outage was wrong. Only a refusal parks.
+    must_finish = flight.is_compensation or state.is_past_pivot
+    if flight.attempt < policy.max_attempts or must_finish:
         retry_at = policy.retry_at(now, flight.attempt, jitter)
         return (StepFailed(step=flight.step, error=failure.error, attempt=flight.attempt,
                            retry_at=retry_at),)  # fmt: skip
     failed = StepFailed(step=flight.step, error=failure.error, attempt=flight.attempt,
                         retry_at=now)  # fmt: skip
-    if flight.is_compensation:
-        error = f"{flight.step} failed {flight.attempt} times: {failure.error}"
-        return (failed, SagaParked(step=flight.step, error=error))
     # Unanswered, the step may have been applied: undo it too (void and release are safe
     # for what never happened).
     plan = _plan(definition, (*state.done, flight.step), "failed")

@@ -8,11 +8,22 @@ temporary directory the first time a test asks for them, and stopped at the end.
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterator
 
 import pytest
 
 from ledger.embedded import EmbeddedNats, EmbeddedPostgres
+
+
+@pytest.fixture(scope="session", autouse=True)
+def auth_secret() -> Iterator[str]:
+    """An HS256 secret for the session's apps (LEDGER_AUTH_JWT_SECRET, unless one is set), so
+    tests call the API with tokens, as clients must (tests/integration/authorized.py)."""
+    with pytest.MonkeyPatch.context() as patch:
+        secret = os.environ.get("LEDGER_AUTH_JWT_SECRET") or secrets.token_urlsafe(32)
+        patch.setenv("LEDGER_AUTH_JWT_SECRET", secret)
+        yield secret
 
 
 @pytest.fixture(scope="session")

@@ -21,12 +21,14 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.routing import APIRoute
 
 from eventstore import NO_STREAM, UnitOfWork
+from ledger.auth import CurrentPrincipal
 from ledger.dependencies import runtime_of
 from ledger.host import Runtime
 from ledger.idempotency import Answer, IdempotencyKey, IdempotentRequest, fingerprint, once
 from ledger.money import AmountError, Assets
-from ledger.problems import Problem
-from trade_service import domain, queries
+from ledger.problems import Problem, problem_responses
+from trade_service import access, domain, queries
+from trade_service.access import VisibleTradeId, VisibleTransferId
 from trade_service.contracts import SettlementStatus, TradeEvent
 from trade_service.domain import Party, SettlementError, SettlementKind, TradeOrder
 from trade_service.events import stream_of, to_new_event
@@ -78,12 +80,16 @@ class _TradeRoute(APIRoute):
         return answer
 
 
-router = APIRouter(prefix="/v1", tags=["transfers and trades"], route_class=_TradeRoute)
+router = APIRouter(prefix="/v1", tags=["transfers and trades"], route_class=_TradeRoute,
+                   responses=problem_responses(422, 503))
+_UNKNOWN: Final = problem_responses(404)
+_REFUSABLE: Final = problem_responses(409)
 
 
-@router.post("/transfers", status_code=202, response_model=Transfer)
+@router.post("/transfers", status_code=202, response_model=Transfer, responses=_REFUSABLE)
 async def request_transfer(
-    request: Request, body: TransferRequest, runtime: TradeRuntime, key: IdempotencyKey
+    request: Request, body: TransferRequest, runtime: TradeRuntime, key: IdempotencyKey,
+    principal: CurrentPrincipal,
 ) -> Response:
     """Ask to move money; once per Idempotency-Key. 202: the saga settles it."""
     assets = runtime.settings.assets()
@@ -95,13 +101,15 @@ async def request_transfer(
                                        amount_minor, body.currency, body.reference, now)
 
     decide(str(uuid.uuid4()), _now())  # refuse what can never settle before taking the key
+    await access.require_payers(runtime, principal, [body.from_account])
     return await _request(request, runtime, key, body.model_dump(mode="json"),
                           SettlementKind.TRANSFER, decide)
 
 
-@router.post("/trades", status_code=202, response_model=Trade)
+@router.post("/trades", status_code=202, response_model=Trade, responses=_REFUSABLE)
 async def request_trade(
-    request: Request, body: TradeRequest, runtime: TradeRuntime, key: IdempotencyKey
+    request: Request, body: TradeRequest, runtime: TradeRuntime, key: IdempotencyKey,
+    principal: CurrentPrincipal,
 ) -> Response:
     """Ask to exchange `quantity` of `instrument` for quantity * `price` in `currency`,
     delivery versus payment (both legs or neither); once per Idempotency-Key."""
@@ -111,20 +119,24 @@ async def request_trade(
         return domain.request_trade(transfer_id, order, now)
 
     decide(str(uuid.uuid4()), _now())
+    payers = [body.buyer.cash_account, body.seller.asset_account]
+    await access.require_payers(runtime, principal, payers)
     return await _request(request, runtime, key, body.model_dump(mode="json"),
                           SettlementKind.TRADE, decide)
 
 
-@router.get("/transfers/{transfer_id}")
-async def get_transfer(transfer_id: IdPath, runtime: TradeRuntime, wait: Wait = 0) -> Transfer:
+@router.get("/transfers/{transfer_id}", responses=_UNKNOWN)
+async def get_transfer(
+    transfer_id: VisibleTransferId, runtime: TradeRuntime, wait: Wait = 0
+) -> Transfer:
     """The transfer, its outcome and the saga's steps; with `wait`, once final (or after
     `wait` seconds, still pending)."""
     row = await _settled_row(runtime, transfer_id, SettlementKind.TRANSFER, wait)
     return transfer_of(row, await _steps(runtime, transfer_id), runtime.settings.assets())
 
 
-@router.get("/trades/{trade_id}")
-async def get_trade(trade_id: IdPath, runtime: TradeRuntime, wait: Wait = 0) -> Trade:
+@router.get("/trades/{trade_id}", responses=_UNKNOWN)
+async def get_trade(trade_id: VisibleTradeId, runtime: TradeRuntime, wait: Wait = 0) -> Trade:
     """The trade, its outcome and the saga's steps; with `wait`, once final (or after
     `wait` seconds, still pending)."""
     row = await _settled_row(runtime, trade_id, SettlementKind.TRADE, wait)
@@ -133,11 +145,14 @@ async def get_trade(trade_id: IdPath, runtime: TradeRuntime, wait: Wait = 0) -> 
 
 @router.get("/transfers")
 async def list_transfers(
-    runtime: TradeRuntime, account: AccountFilter = None, status: SettlementStatus | None = None,
-    limit: Limit = DEFAULT_PAGE_ITEMS, cursor: Cursor = None,
+    runtime: TradeRuntime, principal: CurrentPrincipal, account: AccountFilter = None,
+    status: SettlementStatus | None = None, limit: Limit = DEFAULT_PAGE_ITEMS,
+    cursor: Cursor = None,
 ) -> TransferPage:
     """Transfers matching every filter given, newest first; `next` is the next page's cursor.
     Steps are left out of lists (read one transfer for them)."""
+    if not await access.may_list(runtime, principal, account):
+        return TransferPage(items=[], next=None)
     rows, next_cursor = await _page(runtime, SettlementKind.TRANSFER, account, status, limit,
                                     cursor)
     assets = runtime.settings.assets()
@@ -146,11 +161,14 @@ async def list_transfers(
 
 @router.get("/trades")
 async def list_trades(
-    runtime: TradeRuntime, account: AccountFilter = None, status: SettlementStatus | None = None,
-    limit: Limit = DEFAULT_PAGE_ITEMS, cursor: Cursor = None,
+    runtime: TradeRuntime, principal: CurrentPrincipal, account: AccountFilter = None,
+    status: SettlementStatus | None = None, limit: Limit = DEFAULT_PAGE_ITEMS,
+    cursor: Cursor = None,
 ) -> TradePage:
     """Trades matching every filter given, newest first; `next` is the next page's cursor.
     Steps are left out of lists (read one trade for them)."""
+    if not await access.may_list(runtime, principal, account):
+        return TradePage(items=[], next=None)
     rows, next_cursor = await _page(runtime, SettlementKind.TRADE, account, status, limit,
                                     cursor)
     assets = runtime.settings.assets()

@@ -19,6 +19,10 @@ from ledger.commands import Command
 AmountMinor = Annotated[int, Field(gt=0, le=10**18)]
 Identifier = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
 Reason = Annotated[str, Field(min_length=1, max_length=100)]
+AssetCode = Annotated[str, Field(pattern=r"^[A-Z][A-Z0-9]{1,11}$")]
+"""A currency or instrument code, as `ledger.money` accepts them."""
+Reference = Annotated[str, Field(min_length=1, max_length=200)]
+DecimalText = Annotated[str, Field(min_length=1, max_length=40)]
 Detail = Annotated[str, Field(max_length=1000)]
 
 
@@ -39,7 +43,7 @@ class SettlementLeg(BaseModel):
     from_account: Identifier
     to_account: Identifier
     amount_minor: AmountMinor
-    currency: str
+    currency: AssetCode
     kind: Literal["transfer", "trade"] = "transfer"
 
 
@@ -56,7 +60,7 @@ class TransferRequested(TradeEvent):
     event_type: ClassVar[str] = "TransferRequested"
     transfer_id: Identifier
     legs: tuple[SettlementLeg, ...] = Field(min_length=1, max_length=1)
-    reference: str | None = None
+    reference: Reference | None = None
     requested_at: datetime
 
 
@@ -65,9 +69,9 @@ class TradeRequested(TradeEvent):
 
     event_type: ClassVar[str] = "TradeRequested"
     transfer_id: Identifier
-    instrument: str
+    instrument: AssetCode
     quantity_minor: AmountMinor
-    price: str
+    price: DecimalText
     legs: tuple[SettlementLeg, ...] = Field(min_length=2, max_length=2)
     requested_at: datetime
 
@@ -133,5 +137,5 @@ class SettlementOutcome(BaseModel):
     """The reply to complete, reject and fail: the final status now recorded."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    transfer_id: str
+    transfer_id: Identifier
     status: SettlementStatus

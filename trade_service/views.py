@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ledger.money import AmountError, Assets
 from ledger.problems import Problem
+from ledger.validation import is_position
 from trade_service.contracts import SettlementLeg
 from trade_service.domain import (
     ASSET_LEG,
@@ -178,9 +179,10 @@ def decode_cursor(cursor: str | None, kind: str) -> int | None:
         cursor_kind, after = orjson.loads(base64.urlsafe_b64decode(padded.encode()))
     except (ValueError, TypeError, binascii.Error):
         cursor_kind, after = None, None
-    if cursor_kind != kind or type(after) is not int:
+    if cursor_kind != kind or not is_position(after):
         raise Problem(422, "the cursor is not one this list gave out", code="invalid_cursor")
-    return after
+    position: int = after
+    return position
 
 
 def problem_of(error: SettlementError | AmountError) -> Problem:

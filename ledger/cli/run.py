@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import getpass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Final
 
 import typer
 import uvicorn
 from rich.console import Console
+from rich.markup import escape
 
+from ledger.auth import AUTH_OFF_WARNING, Scope, TokenSigner, verifier_of, with_development_secret
+from ledger.auth.scopes import SUBJECT_PATTERN
 from ledger.cli.servers import resolved_servers
 from ledger.host import Service, ServiceHost
 from ledger.http import create_app
@@ -17,6 +21,8 @@ from ledger.services import available_services
 from ledger.settings import Settings
 
 console = Console(stderr=True)
+DEV_ADMIN_TOKEN_TTL_S: Final = 24 * 3600
+"""Lifetime of the admin token `ledger up` prints in development."""
 
 PortOption = Annotated[
     int | None, typer.Option("--port", min=1, max=65535, help="HTTP port [default: 8000].")
@@ -35,7 +41,8 @@ def up(
     ] = False,
 ) -> None:
     """Run every service in one process on one port; embedded servers when none are set."""
-    _serve(list(available_services().values()), port, data_dir, allow_embedded=not no_embedded)
+    _serve(list(available_services().values()), port, data_dir, allow_embedded=not no_embedded,
+           prints_admin_token=True)
 
 
 def serve(
@@ -51,13 +58,15 @@ def serve(
 
 
 def _serve(
-    services: list[Service], port: int | None, data_dir: Path | None, *, allow_embedded: bool
+    services: list[Service], port: int | None, data_dir: Path | None, *, allow_embedded: bool,
+    prints_admin_token: bool = False,
 ) -> None:
     settings = Settings()
     configure_logging(settings.log_level, as_json=settings.log_json)
     port = port or settings.http_port
     data_dir = data_dir or settings.data_dir
     try:
+        settings = _access_settings(settings, data_dir)
         with resolved_servers(
             settings, data_dir, allow_embedded=allow_embedded, console=console
         ) as resolved:
@@ -67,12 +76,49 @@ def _serve(
                 f"[bold green]ledger[/] serving {names} on http://{settings.http_host}:{port}"
                 f"  (API docs: http://{settings.http_host}:{port}/docs) - press Ctrl-C to stop"
             )
+            if prints_admin_token:
+                _print_admin_token(settings)
             # Open event streams would otherwise hold Ctrl-C until their clients leave.
             uvicorn.run(
                 app, host=settings.http_host, port=port, log_config=None, ws="none",
                 timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_s)),
             )  # fmt: skip
     except ValueError as error:
-        console.print(f"[red]error:[/] {error}")
+        console.print(f"[red]error:[/] {escape(str(error))}", soft_wrap=True)
         raise typer.Exit(2) from None
     console.print("[dim]ledger stopped[/]")
+
+
+def _access_settings(settings: Settings, data_dir: Path) -> Settings:
+    """`settings` with the token key in force (in development without one, the data
+    directory's secret); ValueError, before any server starts, when they cannot check tokens
+    (no key, or `LEDGER_AUTH=off` in production). Warns on every start with checks off."""
+    settings = with_development_secret(settings, data_dir)
+    verifier_of(settings)
+    if settings.auth == "off":
+        console.print(f"[bold red]warning:[/] {AUTH_OFF_WARNING}")
+    return settings
+
+
+def _print_admin_token(settings: Settings) -> None:
+    """In development, an admin token to try the API with (subject: the local user)."""
+    if settings.environment != "development" or settings.auth == "off":
+        return
+    if settings.auth_jwt_secret is None:
+        console.print("[dim]tokens: `ledger token create --private-key ...` (no HS256 secret)[/]")
+        return
+    subject = _local_user()
+    token = TokenSigner.from_settings(settings).issue(subject, {Scope.ADMIN},
+                                                      ttl_s=DEV_ADMIN_TOKEN_TTL_S)  # fmt: skip
+    hours = DEV_ADMIN_TOKEN_TTL_S // 3600
+    console.print(f"admin token for [bold]{subject}[/] (valid {hours} h; others: `ledger token"
+                  " create`), send it as `Authorization: Bearer <token>`:")  # fmt: skip
+    console.print(token, soft_wrap=True, highlight=False, markup=False)
+
+
+def _local_user() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        return "admin"
+    return user if SUBJECT_PATTERN.match(user) else "admin"

@@ -17,7 +17,14 @@ from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, EndpointStats, Service, ServiceConfig
 from pydantic import BaseModel, ValidationError
 
-from eventstore import ConcurrencyError, EventStore, UnitOfWork, record_reply, recorded_reply
+from eventstore import (
+    ConcurrencyError,
+    EventStore,
+    TransientConflict,
+    UnitOfWork,
+    record_reply,
+    recorded_reply,
+)
 from ledger import metrics
 from ledger.commands.envelope import (
     Command,
@@ -209,7 +216,7 @@ class CommandService:
                 return recorded
             try:
                 return await self._attempt(endpoint, command)
-            except ConcurrencyError:
+            except (ConcurrencyError, TransientConflict):  # a concurrent writer: run again
                 if attempt == self._conflict_retries:
                     raise
                 await asyncio.sleep(random.uniform(0, 0.01 * (attempt + 1)))

@@ -118,6 +118,28 @@ class DurableConsumer:
         metrics.consumer_lag_messages.labels(self.durable_name).set(pending)
         return pending == 0 and not info.num_ack_pending
 
+    async def stream_last_sequence(self) -> int:
+        """The sequence of the last message in the consumer's stream now (of any subject):
+        every message published so far is at or before it.
+
+        Raises nats.errors.Error when NATS does not answer.
+        """
+        info = await self._js.stream_info(self.options.stream)
+        return info.state.last_seq
+
+    async def has_handled_through(self, stream_sequence: int) -> bool:
+        """True when every message of this consumer's subject up to `stream_sequence` was
+        handled and acked: its ack floor has passed it, or nothing is left at all.
+
+        Unlike `is_caught_up`, this becomes true under a steady flow of new messages too.
+        Raises nats.errors.Error when NATS does not answer.
+        """
+        info = await self._js.consumer_info(self.options.stream, self.durable_name)
+        pending = info.num_pending or 0
+        metrics.consumer_lag_messages.labels(self.durable_name).set(pending)
+        floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
+        return floor >= stream_sequence or (pending == 0 and not info.num_ack_pending)
+
     async def pending_count(self) -> int:
         """Messages of the stream not yet delivered to this consumer; sets the lag gauge.
 

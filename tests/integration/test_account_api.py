@@ -17,6 +17,7 @@ from account_service.app import AccountService
 from ledger.host import ServiceHost, running
 from ledger.http import create_app
 from ledger.settings import Settings
+from tests.integration.authorized import authorized_client
 
 PROBLEM = "application/problem+json"
 
@@ -33,9 +34,7 @@ async def host(database_url: str, nats_url: str, pool: asyncpg.Pool) -> AsyncIte
 
 @pytest.fixture(scope="module")
 async def client(host: ServiceHost) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(host, manage_host=False)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://ledger") as created:
+    async with authorized_client(create_app(host, manage_host=False)) as created:
         yield created
 
 

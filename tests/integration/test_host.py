@@ -22,6 +22,7 @@ from ledger.embedded import EmbeddedNats, free_port
 from ledger.host import Runtime, ServiceHost, running
 from ledger.http import create_app
 from ledger.settings import Settings
+from tests.integration.authorized import TEST_SUBJECT, authorized_client, bearer
 from tests.integration.notes_service import NotesService
 
 
@@ -61,8 +62,7 @@ async def host(database_url: str, nats_url: str, pool: asyncpg.Pool) -> AsyncIte
 
 
 def client_of(host: ServiceHost, app: FastAPI | None = None) -> httpx.AsyncClient:
-    app = app or create_app(host, manage_host=False)
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ledger")
+    return authorized_client(app or create_app(host, manage_host=False))
 
 
 async def eventually_status(client: httpx.AsyncClient, path: str, status: int) -> httpx.Response:
@@ -154,7 +154,8 @@ async def test_a_client_follows_a_stream_live_over_sse(host: ServiceHost) -> Non
     try:
         while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to wait on
             await asyncio.sleep(0.01)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}",
+                                     headers=bearer(host.settings)) as client:
             await client.post(f"/v1/notes/{note_id}", json={"text": "before"})
             received = await asyncio.wait_for(follow_while_writing(client, note_id), 20)
     finally:
@@ -250,7 +251,7 @@ async def test_an_http_client_cannot_choose_the_actor_in_event_metadata(
 
     [event] = await host.runtimes["notes"].store.read_stream(f"note-{note_id}")
     assert response.status_code == 201
-    assert "actor" not in event.metadata
+    assert event.metadata["actor"] == TEST_SUBJECT  # the token's subject, nothing else
     assert "mallory" not in orjson.dumps(event.metadata).decode()
 
 

@@ -25,6 +25,7 @@ from risk_service.account_view import apply_account_event
 from risk_service.api import default_limits
 from risk_service.app import RiskService
 from risk_service.domain import AccountView, MovementRequest
+from tests.integration.authorized import authorized_client
 
 PROBLEM = "application/problem+json"
 DEFAULT_DAILY_OUTFLOW_MINOR = 500_000
@@ -52,9 +53,7 @@ async def host(database_url: str, nats_url: str, pool: asyncpg.Pool) -> AsyncIte
 
 @pytest.fixture(scope="module")
 async def client(host: ServiceHost) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(host, manage_host=False)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://ledger") as created:
+    async with authorized_client(create_app(host, manage_host=False)) as created:
         yield created
 
 

@@ -489,7 +489,7 @@ async def test_an_account_unknown_while_the_view_catches_up_is_asked_again_not_r
     an error reply the saga retries; once the view has caught up, unknown is refused."""
     is_current = False
 
-    async def view_is_current() -> bool:
+    async def view_is_current(_: uuid.UUID) -> bool:
         return is_current
 
     service = CommandService(nc, risk_store, name=token, version="0.1.0")

@@ -36,6 +36,7 @@ from risk_service.api import default_limits, utc_now
 from risk_service.app import RiskService
 from risk_service.commands import register_commands as register_risk_commands
 from saga import Orchestrator, Participants, SagaService
+from tests.integration.authorized import authorized_client
 from trade_service.contracts import (
     CompleteSettlement,
     FailSettlement,
@@ -167,8 +168,7 @@ async def trade(host: ServiceHost, pool: asyncpg.Pool) -> AsyncIterator[Trade]:
 
 @pytest.fixture(scope="module")
 async def client(host: ServiceHost) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(host, manage_host=False))
-    async with httpx.AsyncClient(transport=transport, base_url="http://ledger") as created:
+    async with authorized_client(create_app(host, manage_host=False)) as created:
         yield created
 
 

@@ -44,6 +44,7 @@ from saga import Orchestrator, Participants, SagaService
 from saga.contracts import SagaEvent, StepSucceeded, stream_of
 from saga.definition import command_id
 from saga.state import Outcome, SagaState, Send
+from tests.integration.authorized import authorized_client
 from tests.integration.test_saga import account, funded_account, known_to_risk, until
 from trade_service.app import TradeService
 
@@ -178,8 +179,7 @@ async def host(
 
 @pytest.fixture(scope="module")
 async def client(host: ServiceHost) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(host, manage_host=False))
-    async with httpx.AsyncClient(transport=transport, base_url="http://ledger") as created:
+    async with authorized_client(create_app(host, manage_host=False)) as created:
         yield created
 
 

@@ -194,17 +194,20 @@ def test_a_refusal_after_the_pivot_parks_the_saga() -> None:
     assert next_action(SETTLE_LEGS, state, NOW) == Idle()
 
 
-def test_a_compensation_that_keeps_failing_parks_the_saga_with_its_error() -> None:
+def test_a_compensation_is_retried_until_answered_however_long_its_participant_is_down(
+) -> None:
     state = state_of()
     outcomes: dict[str, Outcome] = {"reserve": Refused("insufficient_funds", None),
                                     "release": Unanswered("risk down")}  # fmt: skip
-    for second in range(0, 10 * POLICY.max_attempts, 10):
+    for second in range(0, 30 * POLICY.max_attempts, 10):
         state = drive(state, outcomes, NOW + timedelta(seconds=second))
 
-    assert state.status is SagaStatus.REQUIRES_INTERVENTION
+    assert state.status is SagaStatus.COMPENSATING
+    assert state.failed_attempts > POLICY.max_attempts
     assert state.last_error is not None
     assert "risk down" in state.last_error
-    assert state.parked_from is SagaStatus.COMPENSATING
+    back = drive(state, {}, NOW + timedelta(seconds=30 * POLICY.max_attempts))
+    assert back.status is SagaStatus.REJECTED
 
 
 def test_a_refused_compensation_parks_the_saga_at_once() -> None:

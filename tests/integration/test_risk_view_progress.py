@@ -1,0 +1,168 @@
+"""Risk refuses on its view of accounts only once the view holds what was published before
+the command: an account unfrozen (or opened) a moment ago is asked about again, not refused,
+and an unknown account is refused even while account events keep flowing.
+
+(Found by the system tests: a transfer right after an unfreeze was rejected `account_frozen`
+by risk's lagging view; a transfer from an account opened a moment before was rejected
+`unknown_account` while the account service's relay had not published it yet; and under a
+steady flow of account events the view was never "caught up", so a transfer to an unknown
+account failed after its retries instead of being rejected `unknown_account`.)
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from nats.aio.client import Client
+
+from eventstore import EventStore
+from ledger.commands import CommandClient, CommandFailed, CommandService
+from risk_service.account_view import ViewProgress, account_consumer
+from risk_service.commands import register_commands
+from risk_service.contracts import Assess, Decision, RefusalReason
+from tests.integration.test_risk_commands import (
+    _FAST,
+    DEFAULTS,
+    Clock,
+    _is_status,
+    account_event,
+    assess,
+    clock,
+    consumer_done,
+    consuming,
+    move,
+    nc,
+    publish,
+    risk_store,
+    token,
+    wait_until,
+)
+
+__all__ = ["clock", "nc", "risk_store", "token"]  # fixtures, shared with the risk tests
+
+
+
+class Seconds:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now_s = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+@pytest.fixture
+def seconds() -> Seconds:
+    return Seconds()
+
+
+@pytest.fixture
+def grace_s() -> float:
+    """How long after a command's first ask the view may be trusted (0: at once)."""
+    return 0.0
+
+
+@pytest.fixture
+async def ask(nc: Client, risk_store: EventStore, token: str, clock: Clock, seconds: Seconds,
+              grace_s: float) -> AsyncIterator[CommandClient]:  # fmt: skip
+    """Risk's commands served as `<token>`, deciding with a ViewProgress of the view's
+    durable consumer (which the tests run and stop by hand)."""
+    view_consumer = account_consumer(nc, risk_store, _FAST, durable_name=token,
+                                     subject_prefix=f"ledger.{token}.account")
+    await view_consumer.ensure()  # the durable exists from the start, as in the service
+    progress = ViewProgress(view_consumer, grace_s, clock=seconds)
+    service = CommandService(nc, risk_store, name=token, version="0.1.0")
+    register_commands(service, DEFAULTS, clock, progress.is_current_for)
+    await service.start()
+    try:
+        yield CommandClient(nc, timeout_s=5.0, max_retries=0)
+    finally:
+        await service.stop()
+
+
+async def send(client: CommandClient, token: str, command: Assess) -> Decision:
+    return await client.send(f"{token}.assess", command, Decision)
+
+
+async def test_an_account_unfrozen_a_moment_ago_is_asked_again_then_approved(
+    nc: Client, risk_store: EventStore, token: str, ask: CommandClient
+) -> None:
+    js = nc.jetstream()
+    for account_id in ("a", "b"):
+        await publish(js, token, account_event(account_id, "AccountOpened", 1))
+    await publish(js, token, account_event("a", "AccountFrozen", 2))
+    async with consuming(nc, risk_store, token):
+        await wait_until(lambda: _is_status(risk_store, "a", "frozen"))
+    await publish(js, token, account_event("a", "AccountUnfrozen", 3))  # not in the view yet
+    command = assess(move(100))
+
+    with pytest.raises(CommandFailed) as not_ready:
+        await send(ask, token, command)
+    async with consuming(nc, risk_store, token):
+        await wait_until(lambda: _is_status(risk_store, "a", "open"))
+    await publish(js, token, account_event("b", "Deposited", 2))  # the flow goes on
+    decision = await send(ask, token, command)
+
+    assert not_ready.value.code == "503"
+    assert decision.approved
+
+
+async def test_an_unknown_account_is_refused_while_account_events_keep_flowing(
+    nc: Client, risk_store: EventStore, token: str, ask: CommandClient
+) -> None:
+    js = nc.jetstream()
+    await publish(js, token, account_event("b", "AccountOpened", 1))
+    await publish(js, token, account_event("b", "Deposited", 2))
+    command = assess(move(100, payer=f"unknown-{uuid.uuid4().hex[:8]}"))
+
+    with pytest.raises(CommandFailed) as not_ready:
+        await send(ask, token, command)  # the view is behind: ask again
+    async with consuming(nc, risk_store, token) as consumer:
+        await wait_until(lambda: consumer_done(js, consumer))
+    await publish(js, token, account_event("b", "Deposited", 3))  # never quite caught up
+    decision = await send(ask, token, command)
+
+    assert not_ready.value.code == "503"
+    assert (decision.approved, decision.reason) == (False, RefusalReason.UNKNOWN_ACCOUNT)
+
+
+async def test_a_frozen_account_in_a_current_view_is_refused_at_once(
+    nc: Client, risk_store: EventStore, token: str, ask: CommandClient
+) -> None:
+    js = nc.jetstream()
+    for account_id in ("a", "b"):
+        await publish(js, token, account_event(account_id, "AccountOpened", 1))
+    await publish(js, token, account_event("a", "AccountFrozen", 2))
+    async with consuming(nc, risk_store, token) as consumer:
+        await wait_until(lambda: consumer_done(js, consumer))
+
+    decision = await send(ask, token, assess(move(100)))
+
+    assert (decision.approved, decision.reason) == (False, RefusalReason.ACCOUNT_FROZEN)
+
+
+@pytest.mark.parametrize("grace_s", [1.0])
+async def test_nothing_is_refused_on_the_views_word_before_the_grace_has_passed(
+    nc: Client, risk_store: EventStore, token: str, ask: CommandClient, seconds: Seconds
+) -> None:
+    # The account service's relay may not have published an account opened a moment ago:
+    # even a view that has handled everything is not trusted before the grace has passed.
+    js = nc.jetstream()
+    await publish(js, token, account_event("b", "AccountOpened", 1))
+    async with consuming(nc, risk_store, token) as consumer:
+        await wait_until(lambda: consumer_done(js, consumer))
+    command = assess(move(100, payer="opened-a-moment-ago"))
+
+    with pytest.raises(CommandFailed) as too_soon:
+        await send(ask, token, command)
+    seconds.now_s += 0.5
+    with pytest.raises(CommandFailed) as still_too_soon:
+        await send(ask, token, command)
+    seconds.now_s += 0.5
+    decision = await send(ask, token, command)
+
+    assert (too_soon.value.code, still_too_soon.value.code) == ("503", "503")
+    assert (decision.approved, decision.reason) == (False, RefusalReason.UNKNOWN_ACCOUNT)
