@@ -70,7 +70,7 @@ def hs256(claims: dict[str, Any], key: str = SECRET) -> str:
 
 def claims(**fields: Any) -> dict[str, Any]:
     now = int(time.time())
-    return {"sub": "teller-7", "scope": "accounts:read", "iat": now, "exp": now + 60, **fields}
+    return {"sub": "teller-7", "scope": "accounts:read", "iat": now, "exp": now + 86_400, **fields}
 
 
 # --- tokens --------------------------------------------------------------------------------
