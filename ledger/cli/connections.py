@@ -16,6 +16,7 @@ import nats.errors
 from nats.aio.client import Client
 
 from eventstore.migrations import applied_migrations, load_migrations
+from ledger.bus import NatsSecurity
 from ledger.cli.failures import OperatorError, first_line
 from ledger.host import Service
 from ledger.settings import Settings
@@ -96,14 +97,16 @@ async def _open_pool(url: str) -> asyncpg.Pool:
 
 
 @asynccontextmanager
-async def nats_client(servers: list[str]) -> AsyncIterator[Client]:
-    """A NATS connection that does not reconnect: a command wants an answer, not a wait.
+async def nats_client(settings: Settings) -> AsyncIterator[Client]:
+    """A NATS connection, with the configured credentials and TLS, that does not reconnect:
+    a command wants an answer, not a wait.
 
     Raises OperatorError naming the servers when none answers."""
 
     async def quiet(error: Exception) -> None:
         """nats-py would log each failed attempt; the command reports the outcome once."""
 
+    servers = settings.nats_servers
     try:
         # nats-py tries each seed until one answers, up to max_reconnect_attempts more
         # times each (0 would mean for ever); the outer timeout bounds it all.
@@ -111,7 +114,7 @@ async def nats_client(servers: list[str]) -> AsyncIterator[Client]:
             client = await nats.connect(
                 servers=servers, name="ledger-cli", connect_timeout=CONNECT_TIMEOUT_S,
                 allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0.1,
-                error_cb=quiet,
+                error_cb=quiet, **NatsSecurity.from_settings(settings).connect_options(),
             )  # fmt: skip
     except (OSError, nats.errors.Error) as error:
         shown = ", ".join(where(server) for server in servers)

@@ -87,7 +87,7 @@ async def _status(settings: Settings) -> status_reads.Status:
         saga_db = next((db for db in databases if db.name == "saga"), None)
         is_saga_migrated = saga_db is not None and await saga_db.applied_migrations()
         sagas = await status_reads.saga_counts(saga_db) if saga_db and is_saga_migrated else None
-    async with nats_client(settings.nats_servers) as nc:
+    async with nats_client(settings) as nc:
         is_found, consumers = await status_reads.consumer_statuses(
             nc, settings, [service.name for service in services]
         )
