@@ -25,11 +25,11 @@ DEV_ADMIN_TOKEN_TTL_S: Final = 24 * 3600
 """Lifetime of the admin token `ledger up` prints in development."""
 
 PortOption = Annotated[
-    int | None, typer.Option("--port", min=1, max=65535, help="HTTP port [default: 8000].")
+    int | None, typer.Option("--port", min=1, max=65535, help="HTTP port \\[default: 8000].")
 ]
 DataDirOption = Annotated[
     Path | None,
-    typer.Option("--data-dir", help="Where embedded servers keep their data [default: .ledger]."),
+    typer.Option("--data-dir", help="Where embedded servers keep their data \\[default: .ledger]."),
 ]
 
 

@@ -145,7 +145,8 @@ async def discovered_instances(nc: Client, window_s: float = DISCOVERY_WINDOW_S)
         await nc.flush()
         # Instances do not say how many they are: collect for the window, or until full.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(is_full.wait(), window_s)
+            async with asyncio.timeout(window_s):
+                await is_full.wait()
     finally:
         await subscription.unsubscribe()
     instances = []

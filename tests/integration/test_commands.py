@@ -55,7 +55,13 @@ class DepositEndpoint:
     async def __call__(self, command: Deposit, unit: UnitOfWork) -> Deposited:
         self.runs += 1
         stream_id = f"account-{command.account_id}"
-        version = await unit.store.stream_version(stream_id)
+        # On the unit's own connection: a second pool connection per request would let
+        # many concurrent requests take the whole pool and wait on each other forever.
+        version = await unit.connection.fetchval(
+            f"select coalesce(max(version), 0) from {unit.store.schema}.streams"
+            " where stream_id = $1",
+            stream_id,
+        )
         event = NewEvent(
             "Deposited", {"amount_minor": command.amount_minor}, current().as_metadata()
         )
