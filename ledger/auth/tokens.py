@@ -81,12 +81,7 @@ class TokenVerifier:
         if len(token) > MAX_TOKEN_CHARS:
             raise TokenError("the token is too long")
         try:
-            key = self._key_for(jwt.get_unverified_header(token))
-            claims = jwt.decode(
-                token, key.key, algorithms=[key.algorithm], issuer=self.issuer,
-                audience=self.audience, leeway=self.clock_skew_s,
-                options={"require": self._required_claims()},
-            )  # fmt: skip
+            claims = self._decode(token, self._keys_for(jwt.get_unverified_header(token)))
         except jwt.ExpiredSignatureError:
             raise TokenError("the token has expired") from None
         except jwt.InvalidSignatureError:
@@ -95,7 +90,26 @@ class TokenVerifier:
             raise TokenError(f"the token is not valid: {error}") from None
         return principal_of(claims), float(claims["exp"]) + self.clock_skew_s
 
-    def _key_for(self, header: Mapping[str, Any]) -> VerifyingKey:
+    def _decode(self, token: str, keys: list[VerifyingKey]) -> dict[str, Any]:
+        """The token's claims under the first of `keys` whose signature matches."""
+        for key in keys[:-1]:
+            try:
+                return self._decode_with(token, key)
+            except jwt.InvalidSignatureError:
+                continue  # during a rotation, a token without kid may be the other key's
+        return self._decode_with(token, keys[-1])
+
+    def _decode_with(self, token: str, key: VerifyingKey) -> dict[str, Any]:
+        claims: dict[str, Any] = jwt.decode(
+            token, key.key, algorithms=[key.algorithm], issuer=self.issuer,
+            audience=self.audience, leeway=self.clock_skew_s,
+            options={"require": self._required_claims()},
+        )  # fmt: skip
+        return claims
+
+    def _keys_for(self, header: Mapping[str, Any]) -> list[VerifyingKey]:
+        """The keys that may have signed a token with this header: the one its kid names,
+        else every key of its algorithm (tried in turn, so a rotation needs no kid)."""
         algorithm = header.get("alg")
         if algorithm not in ALGORITHMS:
             raise TokenError(f"tokens signed with {str(algorithm)[:16]!r} are not accepted")
@@ -105,9 +119,7 @@ class TokenVerifier:
             candidates = [key for key in candidates if key.kid == kid]
         if not candidates:
             raise TokenError("the token was not signed by a key this ledger knows")
-        if len(candidates) > 1:
-            raise TokenError("the token names no key id (kid) and several keys could check it")
-        return candidates[0]
+        return candidates
 
     def _required_claims(self) -> list[str]:
         required = ["exp", "sub"]

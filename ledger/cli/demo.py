@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from decimal import Decimal
+from pathlib import Path
 from typing import Annotated, Any, Final
 
 import orjson
@@ -18,10 +19,16 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ledger.auth import KeyConfigError, Scope, TokenSigner, has_keys, with_development_secret
+from ledger.auth.keys import DEV_SECRET_FILE
 from ledger.cli.demo_client import LedgerClient, LedgerUnreachable, UnexpectedAnswer
 from ledger.cli.demo_story import Report, Settled, tell
+from ledger.cli.failures import settings_or_exit
+from ledger.cli.run import DataDirOption
 
 DEFAULT_URL: Final = "http://127.0.0.1:8000"
+DEMO_TOKEN_TTL_S: Final = 3600
+"""Lifetime of the token the demo makes itself from a local `ledger up`'s secret."""
 _STATUS_STYLES: Final = {"completed": "green", "rejected": "yellow", "failed": "red",
                          "requires_intervention": "bold red", "pending": "cyan"}  # fmt: skip
 _MARKS: Final = {"succeeded": "✓", "refused": "✗", "failed": "!"}
@@ -40,10 +47,13 @@ def demo(
                                               help="Bearer token, when the ledger asks for one.",
                                               show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    data_dir: DataDirOption = None,
 ) -> None:  # fmt: skip
     """Open a few accounts on a running ledger, move money between them (transfers, a trade,
-    one refused transfer) and print the balances and sagas."""
+    one refused transfer) and print the balances and sagas. Without --token, a local
+    `ledger up`'s development secret (in --data-dir) signs one."""
     console = Console(stderr=True)
+    token = token or development_token(data_dir)
 
     async def run() -> Report:
         async with LedgerClient(url, token) as ledger:
@@ -64,6 +74,26 @@ def demo(
         console.print(Text.assemble(("error:", "red"), " not as expected: "
                                     + "; ".join(surprises)), soft_wrap=True)  # fmt: skip
         raise typer.Exit(1)
+
+
+def development_token(data_dir: Path | None) -> str | None:
+    """An hour's admin token, in development, signed with the configured HS256 secret or
+    else the one a local `ledger up` keeps in the data directory; None when there is none."""
+    settings = settings_or_exit()
+    if settings.environment != "development":
+        return None
+    try:
+        if not has_keys(settings):
+            secret_dir = data_dir or settings.data_dir
+            if not (secret_dir / DEV_SECRET_FILE).exists():
+                return None
+            settings = with_development_secret(settings, secret_dir)
+        if settings.auth_jwt_secret is None:
+            return None  # public keys only: tokens come from their private keys' holder
+        signer = TokenSigner.from_settings(settings)
+    except KeyConfigError:
+        return None  # an unusable secret signs nothing; the ledger's 401 says what to do
+    return signer.issue("demo", {Scope.ADMIN}, ttl_s=DEMO_TOKEN_TTL_S)
 
 
 def _print(report: Report) -> None:

@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from ledger.auth import AUTH_OFF_WARNING, Scope, TokenSigner, verifier_of, with_development_secret
 from ledger.auth.scopes import SUBJECT_PATTERN
+from ledger.cli.failures import settings_or_exit
 from ledger.cli.servers import resolved_servers
 from ledger.host import Service, ServiceHost
 from ledger.http import create_app
@@ -61,7 +62,7 @@ def _serve(
     services: list[Service], port: int | None, data_dir: Path | None, *, allow_embedded: bool,
     prints_admin_token: bool = False,
 ) -> None:
-    settings = Settings()
+    settings = settings_or_exit()
     configure_logging(settings.log_level, as_json=settings.log_json)
     port = port or settings.http_port
     data_dir = data_dir or settings.data_dir

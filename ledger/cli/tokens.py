@@ -16,13 +16,13 @@ from typing import Annotated, Final, NoReturn
 
 import orjson
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
 from ledger.auth import KeyConfigError, Scope, TokenSigner, UnknownScope, parse_scopes
 from ledger.auth.keys import private_key, with_development_secret
 from ledger.auth.scopes import OWNER_PATTERN, SUBJECT_PATTERN
+from ledger.cli.failures import settings_or_exit
 from ledger.cli.run import DataDirOption
 from ledger.settings import Settings
 
@@ -63,10 +63,7 @@ def create(
            "--owner must be 1 to 100 letters, digits, _ . : -")
     _check(kid is None or _KID.match(kid) is not None, "--kid must be 1 to 64 letters, digits,"
            " _ . : -")  # fmt: skip
-    try:
-        settings = Settings()
-    except ValidationError as error:
-        _fail(2, f"the LEDGER_ settings are not valid: {error.errors()[0]['msg']}")
+    settings = settings_or_exit()
     ttl_s = _ttl_s(ttl) if ttl is not None else settings.auth_token_ttl_s
     signer = _signer(settings, private_key_file, kid, data_dir or settings.data_dir)
     issued_at = datetime.now(UTC)

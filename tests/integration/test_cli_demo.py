@@ -13,6 +13,7 @@ import contextlib
 import secrets
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -28,7 +29,7 @@ from typer.testing import CliRunner, Result
 from account_service.app import VERSION as ACCOUNT_VERSION
 from account_service.app import AccountService
 from account_service.commands import register_commands as register_account_commands
-from ledger.auth import Scope, TokenSigner
+from ledger.auth import Scope, TokenSigner, TokenVerifier
 from ledger.cli import app
 from ledger.commands import CommandService
 from ledger.embedded import free_port
@@ -72,22 +73,32 @@ class _Trade(TradeService):
 class Served:
     """The ledger's URL, tokens it accepts, and the Authorization headers it was sent."""
 
-    def __init__(self, url: str, signer: TokenSigner) -> None:
+    def __init__(self, url: str, signer: TokenSigner, secret: str) -> None:
         self.url = url
         self.signer = signer
+        self.secret = secret
         self.authorizations: list[str | None] = []
 
     def token(self, *scopes: Scope) -> str:
         return self.signer.issue("cli-demo-test", scopes or (Scope.ADMIN,), ttl_s=600)
+
+    def signer_subject(self, authorization: str | None) -> str:
+        """The subject of the bearer token in an Authorization header."""
+        assert authorization is not None
+        assert authorization.startswith("Bearer ")
+        return TokenVerifier.from_settings(
+            Settings(auth_jwt_secret=SecretStr(self.secret))
+        ).verify(authorization.removeprefix("Bearer ")).subject
 
 
 @pytest.fixture(scope="module")
 async def served(
     database_url: str, nats_url: str, pool: asyncpg.Pool
 ) -> AsyncIterator[Served]:
+    secret = secrets.token_urlsafe(32)
     settings = Settings(database_url=database_url, nats_url=nats_url,
                         schema_prefix=f"d{TOKEN}_", saga_backoff_first_s=0.1,
-                        auth_jwt_secret=SecretStr(secrets.token_urlsafe(32)))  # fmt: skip
+                        auth_jwt_secret=SecretStr(secret))  # fmt: skip
     services: list[Service] = [
         _Account(), _Risk(), _Trade(command_name=PARTICIPANTS.trade),
         SagaService(PARTICIPANTS, starting_subject=f"ledger.{TRADE_SERVICE}.>"),
@@ -97,15 +108,15 @@ async def served(
         host.runtimes["trade"] = host.runtimes[TRADE_SERVICE]
         host.runtimes["risk"] = host.runtimes[RISK_SERVICE]
         signer = TokenSigner.from_settings(settings)
-        async with _serving(create_app(host, manage_host=False), signer) as served:
+        async with _serving(create_app(host, manage_host=False), signer, secret) as served:
             yield served
     await _drop(settings, pool)
 
 
 @contextlib.asynccontextmanager
-async def _serving(asgi: FastAPI, signer: TokenSigner) -> AsyncIterator[Served]:
+async def _serving(asgi: FastAPI, signer: TokenSigner, secret: str) -> AsyncIterator[Served]:
     port = free_port()
-    served = Served(f"http://127.0.0.1:{port}", signer)
+    served = Served(f"http://127.0.0.1:{port}", signer, secret)
 
     @asgi.middleware("http")
     async def note_authorization(request: Request, call_next: RequestResponseEndpoint
@@ -140,7 +151,7 @@ async def _drop(settings: Settings, pool: asyncpg.Pool) -> None:
         await connection.close()
 
 
-async def ledger_demo(*args: str, env: dict[str, str] | None = None) -> Result:
+async def ledger_demo(*args: str, env: dict[str, str | None] | None = None) -> Result:
     return await asyncio.to_thread(
         lambda: RUNNER.invoke(app, ["demo", *args], env={"COLUMNS": "200", **(env or {})})
     )
@@ -205,10 +216,28 @@ async def test_a_token_that_may_not_read_sagas_still_runs_the_demo(served: Serve
     assert report["surprises"] == []
 
 
-async def test_without_a_token_a_ledger_that_asks_for_one_is_one_line_and_exit_1(
-    served: Served,
+async def test_without_a_token_the_demo_signs_one_with_the_data_directory_secret(
+    served: Served, tmp_path: Path
 ) -> None:
-    result = await ledger_demo("--url", served.url)
+    secret_file = tmp_path / "auth-secret"
+    secret_file.write_text(served.secret)
+    secret_file.chmod(0o600)
+    served.authorizations.clear()
+
+    result = await ledger_demo("--url", served.url, "--json", "--data-dir", str(tmp_path),
+                               env={"LEDGER_AUTH_JWT_SECRET": None})  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    assert orjson.loads(result.stdout)["surprises"] == []
+    subjects = {served.signer_subject(header) for header in served.authorizations}
+    assert subjects == {"demo"}
+
+
+async def test_without_a_token_a_ledger_that_asks_for_one_is_one_line_and_exit_1(
+    served: Served, tmp_path: Path
+) -> None:
+    result = await ledger_demo("--url", served.url, "--data-dir", str(tmp_path),
+                               env={"LEDGER_AUTH_JWT_SECRET": None})  # fmt: skip
 
     assert result.exit_code == 1
     assert result.stdout == ""

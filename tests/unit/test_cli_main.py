@@ -45,3 +45,20 @@ def test_help_exits_0_and_prints_the_commands(
 
     assert code == 0
     assert "projections" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", [["up"], ["serve", "account"], ["token", "create", "--sub",
+                                     "ops", "--scope", "admin"]])  # fmt: skip
+def test_a_bad_setting_is_one_line_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    monkeypatch.setenv("LEDGER_HTTP_PORT", "eighty")
+
+    code = run_main(monkeypatch, *command)
+
+    captured = capsys.readouterr()
+    assert code == USAGE_ERROR_EXIT
+    assert captured.err.strip().splitlines() == [
+        "error: bad setting LEDGER_HTTP_PORT: Input should be a valid integer, unable to parse"
+        " string as an integer"
+    ]
