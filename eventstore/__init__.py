@@ -46,6 +46,7 @@ from eventstore.store import EventStore, UnitOfWork
 from eventstore.subscriptions import Handler, Subscription
 from eventstore.tracking import (
     StoredResponse,
+    mark_all_handled,
     mark_handled,
     record_reply,
     recorded_reply,
@@ -85,6 +86,7 @@ __all__ = [
     "TransientConflict",
     "UnitOfWork",
     "Upcasters",
+    "mark_all_handled",
     "mark_handled",
     "projection_subscription",
     "rebuild",

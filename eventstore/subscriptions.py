@@ -14,6 +14,7 @@ from typing import Final
 
 from eventstore import reads
 from eventstore._db import Connection, Executor
+from eventstore._lease import ConnectionLease
 from eventstore._translate import translated_errors
 from eventstore.errors import StoreUnavailable
 from eventstore.events import START, Position, RecordedEvent
@@ -91,9 +92,14 @@ class Subscription:
 
     async def process_batch(self) -> int:
         """Handle the next batch; return how many events it held (0 if none or not ours)."""
+        with translated_errors():
+            async with self.store.pool.acquire() as connection:
+                return await self._process_batch_on(connection)
+
+    async def _process_batch_on(self, connection: Connection) -> int:
         schema = self.store.schema
         with translated_errors():
-            async with self.store.pool.acquire() as connection, connection.transaction():
+            async with connection.transaction():
                 if not await try_lock(connection, schema, self.name):
                     return 0
                 after = await load_checkpoint(connection, schema, self.name)
@@ -110,22 +116,24 @@ class Subscription:
     async def catch_up(self) -> int:
         """Handle batches until none is left now; return how many events were handled."""
         total = 0
-        while (count := await self.process_batch()) > 0:
-            total += count
+        async with ConnectionLease(self.store.pool) as lease:
+            while (count := await self._process_batch_on(await lease.connection())) > 0:
+                total += count
         return total
 
     async def run(self) -> None:
         """Follow the store until cancelled; waits out transient errors and retries."""
-        async with Notifier(self.store) as notifier:
+        async with Notifier(self.store) as notifier, ConnectionLease(self.store.pool) as lease:
             backoff_s = self.poll_interval_s
             settle_wait_s = _FIRST_SETTLE_WAIT_S
             handled_generation = notifier.generation
             while True:
                 seen = notifier.generation
                 try:
-                    count = await self.process_batch()
+                    count = await self._process_batch_on(await lease.connection())
                     backoff_s = self.poll_interval_s
                 except self.transient_errors as error:
+                    await lease.release()  # it may be the connection that failed
                     _log.warning("subscription %s: %s; retry in %.1fs", self.name, error, backoff_s)
                     await asyncio.sleep(backoff_s)
                     backoff_s = min(backoff_s * 2, _MAX_BACKOFF_S)
@@ -136,6 +144,8 @@ class Subscription:
                 if is_settled or settle_wait_s >= self.poll_interval_s:
                     handled_generation = seen
                     settle_wait_s = _FIRST_SETTLE_WAIT_S
+                    if notifier.generation == seen:
+                        await lease.release()  # idle: the pool's other users may have it
                     await notifier.wait_past(seen, self.poll_interval_s)
                 else:
                     # Announced appends are not settled yet (an older transaction elsewhere is

@@ -7,6 +7,7 @@ if the effect commits, so does the mark, and a redelivery finds the mark and doe
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -25,6 +26,20 @@ async def mark_handled(executor: Executor, schema: str, consumer: str, message_i
         message_id,
     )
     return bool(inserted)
+
+
+async def mark_all_handled(
+    executor: Executor, schema: str, consumer: str, message_ids: Sequence[str]
+) -> set[str]:
+    """Record that `consumer` handled each of `message_ids`, in one statement; return the ids
+    it had not handled before (an id given twice is new at most once)."""
+    rows = await executor.fetch(
+        f"insert into {schema}.inbox (consumer, message_id)"
+        " select $1, unnest($2::text[]) on conflict do nothing returning message_id",
+        consumer,
+        list(message_ids),
+    )
+    return {row[0] for row in rows}
 
 
 class RecordedReply(NamedTuple):

@@ -14,8 +14,9 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from eventstore import EventStore, StoreUnavailable, mark_handled
+from eventstore import EventStore, StoreUnavailable, mark_all_handled, mark_handled
 from eventstore._db import Connection
+from eventstore._lease import ConnectionLease
 from eventstore._translate import translated_errors
 from ledger import context, metrics
 from ledger.bus import dead_letter_subject
@@ -31,6 +32,7 @@ from ledger.consumers.messages import (
     PoisonMessage,
     parse_event,
 )
+from ledger.consumers.pulls import PullBatches
 
 _log = logging.getLogger(__name__)
 
@@ -77,16 +79,18 @@ class DurableConsumer:
         self._js: JetStreamContext = nc.jetstream()
         self._store = store
         self._handler = handler
-        self._subscription: JetStreamContext.PullSubscription | None = None
+        self._subscription: PullBatches | None = None
+        # Kept while messages keep coming, given back when a fetch finds none or on error.
+        self._lease = ConnectionLease(store.pool)
         self._is_stopping = False
 
     async def ensure(self) -> None:
         """Create the durable consumer, or update it to these options; (re)subscribe to it."""
         await self._js.add_consumer(self.options.stream, self._config())
         await self._forget_subscription()
-        self._subscription = await self._js.pull_subscribe_bind(
-            durable=self.durable_name, stream=self.options.stream
-        )
+        pulls = PullBatches(self._nc, self.options.stream, self.durable_name)
+        await pulls.open()
+        self._subscription = pulls
 
     async def run(self) -> None:
         """Consume until stop() or cancellation; outages of NATS or PostgreSQL are waited out."""
@@ -103,6 +107,7 @@ class DurableConsumer:
         finally:
             # A pull subscription left behind would keep a NATS drain waiting for ever.
             await asyncio.shield(self._forget_subscription())
+            await asyncio.shield(self._lease.release())
 
     def stop(self) -> None:
         """Ask run() to return after the message in hand; fetched but unhandled ones are naked."""
@@ -161,27 +166,33 @@ class DurableConsumer:
             return False
         assert self._subscription is not None
         try:
+            # Returns what has arrived as soon as anything has: an empty list after the
+            # wait, never a wait for the batch to fill (ledger/consumers/pulls.py).
             messages = await self._subscription.fetch(
-                self.options.fetch_batch, timeout=self.options.fetch_wait_s
+                self.options.fetch_batch, self.options.fetch_wait_s
             )
-        except TimeoutError:
-            # Nothing arrived within the wait (nats-py raises its own TimeoutError or
-            # asyncio's, by where the wait ran out): an empty fetch, not an outage.
-            return True
         except _BUS_DOWN as error:
             _log.warning("consumer %s cannot fetch: %r", self.durable_name, error)
             await self._forget_subscription()
             return False
-        if messages:
-            pending = messages[-1].metadata.num_pending
-            metrics.consumer_lag_messages.labels(self.durable_name).set(pending)
+        if not messages:
+            await self._lease.release()  # idle: the pool's other users may have it
+            return True
+        pending = messages[-1].metadata.num_pending
+        metrics.consumer_lag_messages.labels(self.durable_name).set(pending)
         return await self._handle_batch(messages)
 
     async def _forget_subscription(self) -> None:
         """Drop the subscription, so the next step re-creates the consumer and resubscribes."""
         subscription, self._subscription = self._subscription, None
-        if subscription is not None:
-            await _quietly(subscription.unsubscribe())
+        if subscription is None:
+            return
+        try:
+            leftovers = await subscription.close()
+        except _BUS_DOWN as error:
+            _log.warning("consumer %s: unsubscribe not heard: %r", self.durable_name, error)
+            return
+        await self._release(leftovers)
 
     async def _handle_batch(self, messages: list[Msg]) -> bool:
         # The common case first: the whole batch in one transaction, one commit for many
@@ -214,10 +225,11 @@ class DurableConsumer:
             return False
         try:
             with translated_errors():
-                async with self._store.pool.acquire() as connection, connection.transaction():
-                    outcomes = [await self._mark_and_handle(connection, msg, event)
-                                for msg, event in zip(messages, events, strict=True)]
+                connection = await self._lease.connection()
+                async with connection.transaction():
+                    outcomes = await self._mark_and_handle_all(connection, messages, events)
         except Exception:  # every kind of failure is handled again, message by message
+            await self._lease.release()  # it may be the connection that failed
             return False
         for msg, event, outcome in zip(messages, events, outcomes, strict=True):
             if event.delivery_count > 1:
@@ -226,16 +238,27 @@ class DurableConsumer:
             await _quietly(msg.ack())
         return True
 
-    async def _mark_and_handle(
-        self, connection: Connection, msg: Msg, event: ConsumedEvent
-    ) -> str:
-        with context.bound(_context_of(msg, event)):
-            if not await mark_handled(
-                connection, self._store.schema, self.durable_name, event.message_id
-            ):
-                return "duplicate"
-            await self._handle(connection, event)
-            return "applied"
+    async def _mark_and_handle_all(
+        self, connection: Connection, messages: list[Msg], events: list[ConsumedEvent]
+    ) -> list[str]:
+        """Mark the whole batch in the inbox with one statement, then run the handler, in
+        order, for each message not handled before; return each message's outcome."""
+        # One statement, not one round trip per message: the transaction holds a transaction
+        # id from its first insert, and until it commits no reader in commit order (the
+        # relay among them) sees events of transactions that took their ids after it.
+        unmarked = await mark_all_handled(
+            connection, self._store.schema, self.durable_name, [e.message_id for e in events]
+        )
+        outcomes: list[str] = []
+        for msg, event in zip(messages, events, strict=True):
+            if event.message_id not in unmarked:
+                outcomes.append("duplicate")
+                continue
+            unmarked.remove(event.message_id)  # a message fetched twice is applied once
+            with context.bound(_context_of(msg, event)):
+                await self._handle(connection, event)
+            outcomes.append("applied")
+        return outcomes
 
     async def _process_to_the_end(self, msg: Msg) -> bool:
         """Process `msg` even if cancelled meanwhile, so it ends committed and acked, or not."""
@@ -284,14 +307,19 @@ class DurableConsumer:
         included), _HandlerFailed when the handler failed, another EventStoreError when
         PostgreSQL refused the mark or the commit.
         """
-        with translated_errors():
-            async with self._store.pool.acquire() as connection, connection.transaction():
-                if not await mark_handled(
-                    connection, self._store.schema, self.durable_name, event.message_id
-                ):
-                    return False
-                await self._handle(connection, event)
-                return True
+        try:
+            with translated_errors():
+                connection = await self._lease.connection()
+                async with connection.transaction():
+                    if not await mark_handled(
+                        connection, self._store.schema, self.durable_name, event.message_id
+                    ):
+                        return False
+                    await self._handle(connection, event)
+                    return True
+        except BaseException:
+            await self._lease.release()  # it may be the connection that failed
+            raise
 
     async def _handle(self, connection: Connection, event: ConsumedEvent) -> None:
         try:

@@ -11,7 +11,7 @@ import contextlib
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,7 +24,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from eventstore import EventStore, StoreUnavailable
+from eventstore import EventStore, StoreUnavailable, mark_all_handled
 from eventstore._db import Connection
 from ledger.bus import connect, dead_letter_subject, ensure_streams
 from ledger.consumers import (
@@ -265,6 +265,12 @@ class UnreachableAtFirst:
         self.failures -= 1
         return self
 
+    def release(self, connection: Any) -> Any:
+        return self.pool.release(connection)
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self.__aenter__().__await__()
+
     async def __aenter__(self) -> None:
         raise TimeoutError("connecting to PostgreSQL timed out")
 
@@ -416,3 +422,39 @@ async def wait_for_applied(store: EventStore, table: str, count: int) -> None:
         return len(await applied_counts(store, table)) >= count
 
     await wait_until(enough)
+
+
+async def test_marking_a_batch_reports_only_the_ids_new_to_the_inbox(store: EventStore) -> None:
+    async with store.pool.acquire() as connection, connection.transaction():
+        first = await mark_all_handled(connection, store.schema, "batch", ["a", "b", "a"])
+        second = await mark_all_handled(connection, store.schema, "batch", ["b", "c"])
+
+    assert first == {"a", "b"}
+    assert second == {"c"}
+
+
+async def test_a_consumer_deleted_on_the_server_is_created_again_and_loses_nothing(
+    nc: Client, store: EventStore, applied_table: str, token: str
+) -> None:
+    js = nc.jetstream()
+    first_id = await publish_event(js, token)
+    consumer = DurableConsumer(
+        nc, store, token, f"ledger.{token}.>", recording(applied_table), _FAST
+    )
+    task = asyncio.create_task(consumer.run())
+    try:
+
+        async def applied(count: int) -> bool:
+            return len(await applied_counts(store, applied_table)) == count
+
+        await wait_until(lambda: applied(1))
+        # When the durable consumer disappears under a waiting pull request,
+        await js.delete_consumer(_FAST.stream, token)
+        second_id = await publish_event(js, token)
+        await wait_until(lambda: applied(2))
+    finally:
+        consumer.stop()
+        await asyncio.wait_for(task, timeout=_GUARD_S)
+
+    # then the consumer re-creates it; the first event comes again and is a duplicate.
+    assert await applied_counts(store, applied_table) == Counter([first_id, second_id])

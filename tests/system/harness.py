@@ -154,7 +154,10 @@ class SystemUnderTest:
 async def client_of(base_url: str, settings: Settings, *, connections: int = 16
                     ) -> AsyncIterator[httpx.AsyncClient]:  # fmt: skip
     """An HTTP client of the system, with the authentication every request needs."""
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    # Idle connections are dropped well before uvicorn's keep-alive timeout (5 s) closes them
+    # from its side: a request sent on a connection the server is closing fails (ReadError).
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections,
+                          keepalive_expiry=1.0)  # fmt: skip
     async with httpx.AsyncClient(base_url=base_url, headers=admin_headers(settings), limits=limits,
                                  timeout=REQUEST_TIMEOUT_S) as client:  # fmt: skip
         yield client
