@@ -169,7 +169,7 @@ class _Accounts:
         await repository.lock_streams(unit.store, unit.connection, ids)
         for account_id in ids:
             state = await repository.load(
-                unit.store, unit.connection, account_id, for_update=True
+                unit.store, unit.connection, account_id, for_update=True, is_stream_locked=True
             )
             if state is not None:
                 loaded[account_id] = state

@@ -21,14 +21,16 @@ Decision = Callable[[AccountState], list[AccountEvent]]
 
 
 async def load(
-    store: EventStore, executor: Executor, account_id: str, *, for_update: bool = False
+    store: EventStore, executor: Executor, account_id: str, *, for_update: bool = False,
+    is_stream_locked: bool = False,
 ) -> AccountState | None:
     """The account's current state, or None when it was never opened.
 
     `for_update` locks the account's stream and balances row until the transaction ends, so
-    writers of one account queue for it instead of racing to the append and retrying.
+    writers of one account queue for it instead of racing to the append and retrying;
+    `is_stream_locked`: the caller took the stream's lock already (`lock_streams`).
     """
-    if for_update:
+    if for_update and not is_stream_locked:
         await lock_streams(store, executor, [account_id])
     lock = " for update" if for_update else ""
     row = await executor.fetchrow(
@@ -53,12 +55,16 @@ async def lock_streams(store: EventStore, executor: Executor, account_ids: Itera
     """Queue for the accounts' streams (in id order) on the event store's per-stream lock,
     which takes no transaction id: taken before any row lock, the transaction's id comes
     after the streams' last writers', so its appends are never refused as out of commit
-    order (docs/append-order.md). Held until the transaction ends; taking it again is free."""
-    for account_id in sorted(set(account_ids)):
-        await executor.execute(
-            "select pg_advisory_xact_lock(hashtext($1), hashtext($2))",
-            store.schema, stream_of(account_id),
-        )  # fmt: skip
+    order (docs/append-order.md). Held until the transaction ends; taking it again is free.
+
+    One statement for all of them: the function scan of `unnest` yields (and so locks)
+    the streams in the array's order, which is sorted here."""
+    streams = [stream_of(account_id) for account_id in sorted(set(account_ids))]
+    await executor.execute(
+        "select count(pg_advisory_xact_lock(hashtext($1), hashtext(stream)))"
+        " from unnest($2::text[]) as stream",
+        store.schema, streams,
+    )  # fmt: skip
 
 
 async def require(

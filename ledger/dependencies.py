@@ -1,8 +1,12 @@
-"""FastAPI dependencies that hand routes their host and their service's runtime."""
+"""FastAPI dependencies that hand routes their host and their service's runtime.
+
+The dependencies are `async def` although they never wait: FastAPI runs a plain `def`
+dependency in a worker thread, a thread hand-off (and a GIL hand-back) per request.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -16,13 +20,17 @@ def host_of(request: Request) -> ServiceHost:
     return host
 
 
-HostDep = Annotated[ServiceHost, Depends(host_of)]
+async def _host(request: Request) -> ServiceHost:
+    return host_of(request)
 
 
-def runtime_of(name: str) -> Callable[[Request], Runtime]:
+HostDep = Annotated[ServiceHost, Depends(_host)]
+
+
+def runtime_of(name: str) -> Callable[[Request], Awaitable[Runtime]]:
     """A dependency giving a route its service's runtime (store, NATS, settings)."""
 
-    def dependency(request: Request) -> Runtime:
+    async def dependency(request: Request) -> Runtime:
         return host_of(request).runtimes[name]
 
     return dependency

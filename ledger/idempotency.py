@@ -108,14 +108,15 @@ def check_key(key: str | None) -> str:
     return key
 
 
-def _required_key(
+# async although they never wait: FastAPI runs a plain `def` dependency in a worker thread.
+async def _required_key(
     key: Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER, json_schema_extra=_KEY_BOUNDS)
                    ] = None,
 ) -> str:
     return check_key(key)
 
 
-def _optional_key(
+async def _optional_key(
     key: Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER, json_schema_extra=_KEY_BOUNDS)
                    ] = None,
 ) -> str | None:

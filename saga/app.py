@@ -58,7 +58,7 @@ class SagaService:
         assert self.orchestrator is None, "the saga service is started already"
         orchestrator = Orchestrator(
             runtime.store, runtime.nc, runtime.settings, participants=self._participants,
-            clock=self._clock,
+            clock=self._clock, notifier=runtime.notifier,
         )  # fmt: skip
         # One durable per saga schema: replicas share it; ledgers with their own schema
         # prefix on one NATS server each start their own sagas.

@@ -23,6 +23,7 @@ from nats.aio.client import Client
 
 from eventstore import NO_STREAM, ConcurrencyError, EventStore, UnitOfWork
 from eventstore._db import Connection
+from eventstore.notifier import Notifier
 from ledger import context
 from ledger.commands import CommandClient, CommandFailed, CommandRefused
 from ledger.consumers import ConsumedEvent
@@ -42,6 +43,7 @@ from saga.state import (
     Unanswered,
     Wait,
     after_outcome,
+    evolve,
     next_action,
 )
 from trade_service.contracts import TradeRequested, TransferRequested
@@ -53,6 +55,8 @@ _STARTING_EVENTS: Final[dict[str, type[TransferRequested] | type[TradeRequested]
 }
 _MAX_ACTIONS_PER_CLAIM: Final = 64
 """Bounds one worker's turn on one saga (a saga that never waits cannot starve others)."""
+_CLAIMS_IN_FLIGHT: Final = 4
+"""Sagas one orchestrator advances at once, in claims (`saga_worker_batch` sagas each)."""
 
 
 def utc_now() -> datetime:
@@ -73,7 +77,10 @@ class Orchestrator:
         definition: SagaDefinition = SETTLE_LEGS,
         clock: Callable[[], datetime] = utc_now,
         owner: str | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
+        """`notifier` (the saga store's) wakes an idle orchestrator when a saga starts;
+        without it, an idle orchestrator polls."""
         assert settings.saga_lease_s > settings.saga_step_timeout_s, "a lease outlives a step"
         self.owner = owner or f"orchestrator-{uuid.uuid4().hex[:12]}"
         self._store = store
@@ -81,6 +88,9 @@ class Orchestrator:
         self._participants = participants or Participants()
         self._definition = definition
         self._clock = clock
+        self._notifier = notifier
+        self._leased: set[str] = set()
+        """Sagas this worker advances now, under its lease."""
         self._client = CommandClient(nc, settings.saga_step_timeout_s, max_retries=0)
         self._policy = RetryPolicy(
             settings.saga_step_max_attempts, settings.saga_backoff_first_s,
@@ -88,11 +98,52 @@ class Orchestrator:
         )  # fmt: skip
 
     async def run(self) -> None:
-        """Claim and advance due sagas until cancelled; pause when none is due."""
-        while True:
-            advanced = await self.run_once()
-            if not advanced:
-                await asyncio.sleep(self._settings.saga_poll_interval_s)
+        """Claim and advance due sagas until cancelled.
+
+        Up to `_CLAIMS_IN_FLIGHT` claims' worth of sagas advance at once, and a claim is made
+        as soon as there is room, not when a whole batch is done (one slow saga no longer
+        holds up the others). When no more are due, it waits for an append to the saga log
+        (a saga started: the starter announces it) or the poll interval, whichever is first.
+        """
+        batch = self._settings.saga_worker_batch
+        limit = batch * _CLAIMS_IN_FLIGHT
+        in_flight: set[asyncio.Task[None]] = set()
+        room = asyncio.Event()
+
+        def finished(task: asyncio.Task[None]) -> None:
+            in_flight.discard(task)
+            room.set()
+
+        try:
+            while True:
+                seen = self._notifier.generation if self._notifier is not None else 0
+                wanted = min(batch, limit - len(in_flight))
+                if wanted <= 0:
+                    room.clear()
+                    await room.wait()
+                    continue
+                saga_ids = await log.claim_due(
+                    self._store.pool, self._store.schema, self.owner, self._clock(),
+                    self._settings.saga_lease_s, wanted,
+                )  # fmt: skip
+                for saga_id in saga_ids:
+                    task = asyncio.create_task(self._advance_leased(saga_id))
+                    in_flight.add(task)
+                    task.add_done_callback(finished)
+                if len(saga_ids) < wanted:
+                    await self._wait_for_due(seen)
+        finally:
+            for task in in_flight:
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def _wait_for_due(self, seen: int) -> None:
+        """Until the saga log changes after generation `seen`, or the poll interval passed."""
+        interval_s = self._settings.saga_poll_interval_s
+        if self._notifier is None:
+            await asyncio.sleep(interval_s)
+        else:
+            await self._notifier.wait_past(seen, interval_s)
 
     async def run_once(self) -> int:
         """Claim one batch of due sagas and advance each; how many were claimed."""
@@ -120,6 +171,10 @@ class Orchestrator:
         request = model.model_validate(event.data)
         is_new = await start_saga(UnitOfWork(self._store, connection), request,
                                   self._deadline_at())  # fmt: skip
+        if is_new:
+            # The NOTIFY goes out a little later (coalesced), normally after the consumer's
+            # commit; if it comes first, the saga waits for the next wake or poll.
+            self._store.announcer.announce()
         _log.info("saga %s %s", request.transfer_id, "started" if is_new else "exists already")
 
     def _deadline_at(self) -> datetime:
@@ -128,8 +183,11 @@ class Orchestrator:
     async def _advance_leased(self, saga_id: str) -> None:
         """Advance one leased saga; the lease ends with the turn (or stays until a wait)."""
         not_before: datetime | None = None
+        self._leased.add(saga_id)
         try:
             not_before = await self._advance(saga_id)
+        except _LeaseLost:
+            _log.warning("lease on saga %s lost to another orchestrator", saga_id)
         except ConcurrencyError:
             _log.warning("saga %s was advanced by another orchestrator; dropped", saga_id)
         except Exception:
@@ -137,45 +195,57 @@ class Orchestrator:
             _log.exception("advancing saga %s failed", saga_id)
             not_before = self._clock() + timedelta(seconds=self._settings.saga_backoff_max_s)
         finally:
+            self._leased.discard(saga_id)
             await log.release_lease(
                 self._store.pool, self._store.schema, saga_id, self.owner, not_before
             )
 
     async def _advance(self, saga_id: str) -> datetime | None:
         """Perform the saga's actions until it waits (returns until when), is idle or
-        final (None), the turn's bound is reached, or the lease is lost."""
+        final (None), the turn's bound is reached, or the lease is lost.
+
+        Decisions and outcomes are kept in `pending` and appended with the StepStarted of
+        the next send, or before the turn ends: each is in the log before anything else
+        leaves this worker, as before, with one commit per step instead of three (each
+        append also renews the lease, in its transaction). Raises _LeaseLost.
+        """
         loaded = await log.load(self._store, self._definition, saga_id)
-        state = loaded.state
+        recorded = state = loaded.state
+        pending: tuple[SagaEvent, ...] = ()
         first = loaded.events[0]
         with context.bound(context.from_metadata(first.metadata, str(first.event_id))):
             for _ in range(_MAX_ACTIONS_PER_CLAIM):
                 action = next_action(self._definition, state, self._clock())
                 match action:
-                    case Idle():
-                        return None
-                    case Wait():
-                        return action.until
+                    case Idle() | Wait():
+                        break
                     case Record():
-                        state = await self._record(state, action.events)
+                        pending += action.events
+                        state = _evolved(self._definition, state, action.events)
                     case Send():
-                        if not await self._renew(saga_id):
-                            return None
-                        state = await self._perform(state, action)
-        return None
+                        if action.is_recorded:  # a resend: its StepStarted is in the log
+                            await self._renew(saga_id)
+                        else:
+                            pending += (action.started_event(),)
+                        if pending:
+                            recorded = state = await self._record(recorded, pending)
+                            pending = ()
+                        events = await self._perform(state, action)
+                        pending += events
+                        state = _evolved(self._definition, state, events)
+            if pending:
+                await self._record(recorded, pending)
+        return action.until if isinstance(action, Wait) else None
 
-    async def _renew(self, saga_id: str) -> bool:
+    async def _renew(self, saga_id: str) -> None:
+        """Extend this worker's lease on the saga (a resend: nothing to append with it)."""
         until = self._clock() + timedelta(seconds=self._settings.saga_lease_s)
-        is_held = await log.renew_lease(
-            self._store.pool, self._store.schema, saga_id, self.owner, until
-        )
-        if not is_held:
-            _log.warning("lease on saga %s lost to another orchestrator", saga_id)
-        return is_held
+        if not await log.renew_lease(self._store.pool, self._store.schema, saga_id, self.owner,
+                                     until):  # fmt: skip
+            raise _LeaseLost(saga_id)
 
-    async def _perform(self, state: SagaState, send: Send) -> SagaState:
-        """Record the send (unless it is a resend), send, record the outcome."""
-        if not send.is_recorded:
-            state = await self._record(state, (send.started_event(),))
+    async def _perform(self, state: SagaState, send: Send) -> tuple[SagaEvent, ...]:
+        """Send the recorded step; the events that record its outcome."""
         outcome = await self._send(state, send)
         events = after_outcome(
             self._definition, state, outcome, self._clock(), self._policy, random.random()
@@ -183,7 +253,7 @@ class Orchestrator:
         if isinstance(outcome, Unanswered):
             _log.warning("saga %s: %s attempt %d failed: %s", state.saga_id, send.step.name,
                          send.attempt, outcome.error)  # fmt: skip
-        return await self._record(state, events)
+        return events
 
     async def _send(self, state: SagaState, send: Send) -> Outcome:
         step = send.step
@@ -202,9 +272,29 @@ class Orchestrator:
         return Replied(reply.model_dump(mode="json"))
 
     async def _record(self, state: SagaState, events: tuple[SagaEvent, ...]) -> SagaState:
+        """Append `events`; when this worker leases the saga, renew the lease in the same
+        transaction (raises _LeaseLost, appending nothing, when it holds it no longer)."""
         metadata = context.current().as_metadata()
+        saga_id = state.saga_id
         async with self._store.unit_of_work() as unit:
+            if saga_id in self._leased:
+                until = self._clock() + timedelta(seconds=self._settings.saga_lease_s)
+                if not await log.renew_lease(unit.connection, self._store.schema, saga_id,
+                                             self.owner, until):  # fmt: skip
+                    raise _LeaseLost(saga_id)
             return await log.record(unit, self._definition, state, events, metadata)
+
+
+class _LeaseLost(Exception):
+    """Another orchestrator holds the saga now; roll this worker's append back."""
+
+
+def _evolved(
+    definition: SagaDefinition, state: SagaState, events: tuple[SagaEvent, ...]
+) -> SagaState:
+    for event in events:
+        state = evolve(definition, state, event)
+    return state
 
 
 async def start_saga(

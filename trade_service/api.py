@@ -11,7 +11,6 @@ append notifications rather than by polling. Every error is problem+json.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
@@ -49,6 +48,7 @@ from trade_service.views import (
     trade_of,
     transfer_of,
 )
+from trade_service.waiting import settled_row
 
 SERVICE: Final = "trade"
 DEFAULT_PAGE_ITEMS: Final = 50
@@ -227,21 +227,10 @@ def _require_known(assets: Assets, asset: str, what: str) -> None:
 
 async def _settled_row(runtime: Runtime, transfer_id: str, kind: SettlementKind, wait_s: float
                        ) -> Any:
-    """The settlement's row once it is final, or as it is after `wait_s` seconds.
-
-    Each look at the row is made after noting the notifier's generation, so an append that
-    commits between the look and the wait still wakes the wait: nothing is missed, and
-    nothing polls faster than `trade_wait_recheck_s` (the fallback if LISTEN is lost).
-    """
-    store, notifier = runtime.store, runtime.notifier
-    deadline_s = asyncio.get_running_loop().time() + wait_s
-    while True:
-        seen = notifier.generation
-        row = await queries.settlement_row(store, store.pool, transfer_id, kind)
-        remaining_s = deadline_s - asyncio.get_running_loop().time()
-        if row["status"] != SettlementStatus.PENDING or remaining_s <= 0:
-            return row
-        await notifier.wait_past(seen, min(remaining_s, runtime.settings.trade_wait_recheck_s))
+    """The settlement's row once it is final, or as it is after `wait_s` seconds (the reads
+    woken by one append share one query: `trade_service.waiting`)."""
+    return await settled_row(runtime.store, runtime.notifier, transfer_id, kind, wait_s,
+                             runtime.settings.trade_wait_recheck_s)  # fmt: skip
 
 
 async def _steps(runtime: Runtime, transfer_id: str) -> list[Step]:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from fastapi import APIRouter
 
 from eventstore import Projection
+from eventstore.notifier import Notifier
 from ledger.commands import CommandService
 from ledger.consumers import ConsumerOptions, DurableConsumer
 from ledger.host import Runtime
@@ -17,6 +18,7 @@ from trade_service.commands import register_commands
 from trade_service.events import CATEGORIES
 from trade_service.projections import SettlementsProjection
 from trade_service.steps import ensure_table, steps_consumer
+from trade_service.waiting import SettlementWatch
 
 VERSION = "0.1.0"
 
@@ -36,6 +38,7 @@ class TradeService:
         self.command_name = command_name
         self._commands: CommandService | None = None
         self._consumer: DurableConsumer | None = None
+        self._notifier: Notifier | None = None
 
     def inline_projections(self) -> Sequence[Projection]:
         """`settlements`, written in the append's transaction, so reads after a write see it."""
@@ -65,6 +68,7 @@ class TradeService:
         register_commands(commands)
         await commands.start()
         self._commands = commands
+        self._notifier = runtime.notifier
 
     async def stop(self) -> None:
         """Stop taking commands (those in progress finish first) and consuming."""
@@ -74,3 +78,6 @@ class TradeService:
         if self._commands is not None:
             await self._commands.stop()
             self._commands = None
+        if self._notifier is not None:
+            await SettlementWatch.close_for(self._notifier)
+            self._notifier = None

@@ -18,7 +18,12 @@ def principal_of(request: Request) -> Principal:
     return principal
 
 
-CurrentPrincipal = Annotated[Principal, Depends(principal_of)]
+async def _current_principal(request: Request) -> Principal:
+    # async: FastAPI would run a plain `def` dependency in a worker thread, per request.
+    return principal_of(request)
+
+
+CurrentPrincipal = Annotated[Principal, Depends(_current_principal)]
 
 
 async def authorize_route(request: Request) -> None:
