@@ -26,18 +26,15 @@ from pydantic import SecretStr
 from starlette.middleware.base import RequestResponseEndpoint
 from typer.testing import CliRunner, Result
 
-from account_service.app import VERSION as ACCOUNT_VERSION
-from account_service.app import AccountService
-from account_service.commands import register_commands as register_account_commands
 from ledger.auth import Scope, TokenSigner, TokenVerifier
 from ledger.cli import app
-from ledger.commands import CommandService
 from ledger.embedded import free_port
-from ledger.host import Runtime, Service, ServiceHost, running
+from ledger.host import Service, ServiceHost, running
 from ledger.http import create_app
 from ledger.settings import Settings
 from risk_service.app import RiskService
 from saga import Participants, SagaService
+from tests.integration.renamed_services import RenamedAccount
 from trade_service.app import TradeService
 
 TOKEN = secrets.token_hex(4)
@@ -47,15 +44,6 @@ RISK_SERVICE = f"d{TOKEN}risk"
 PARTICIPANTS = Participants(account=f"account-d{TOKEN}", risk=RISK_SERVICE,
                             trade=f"trade-d{TOKEN}")  # fmt: skip
 RUNNER = CliRunner()
-
-
-class _Account(AccountService):
-    async def start(self, runtime: Runtime) -> None:
-        commands = CommandService(runtime.nc, runtime.store, name=PARTICIPANTS.account,
-                                  version=ACCOUNT_VERSION)  # fmt: skip
-        register_account_commands(commands, runtime.settings.assets())
-        await commands.start()
-        self._commands = commands
 
 
 class _Risk(RiskService):
@@ -100,7 +88,7 @@ async def served(
                         schema_prefix=f"d{TOKEN}_", saga_backoff_first_s=0.1,
                         auth_jwt_secret=SecretStr(secret))  # fmt: skip
     services: list[Service] = [
-        _Account(), _Risk(), _Trade(command_name=PARTICIPANTS.trade),
+        RenamedAccount(PARTICIPANTS.account), _Risk(), _Trade(command_name=PARTICIPANTS.trade),
         SagaService(PARTICIPANTS, starting_subject=f"ledger.{TRADE_SERVICE}.>"),
     ]  # fmt: skip
     async with running(ServiceHost(settings, services)) as host:

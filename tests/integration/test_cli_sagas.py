@@ -23,19 +23,17 @@ import pytest
 from pydantic import SecretStr
 from typer.testing import CliRunner, Result
 
-from account_service.app import VERSION as ACCOUNT_VERSION
-from account_service.app import AccountService
-from account_service.commands import register_commands as register_account_commands
 from eventstore import EventStore
 from ledger.auth import Scope, TokenSigner
 from ledger.cli import app
 from ledger.commands import CommandService
 from ledger.embedded import free_port
-from ledger.host import Runtime, Service, ServiceHost, running
+from ledger.host import Service, ServiceHost, running
 from ledger.http import create_app
 from ledger.settings import Settings
 from risk_service.app import RiskService
 from saga import Orchestrator, Participants, SagaService
+from tests.integration.renamed_services import RenamedAccount
 from tests.integration.test_saga import Trade, funded_account, known_to_risk, transfer, until
 
 TOKEN = secrets.token_hex(4)
@@ -45,17 +43,6 @@ PARTICIPANTS = Participants(account=f"account-c{TOKEN}", risk=RISK_SERVICE,
                             trade=f"trade-c{TOKEN}")  # fmt: skip
 FINAL = {"completed", "rejected", "failed", "requires_intervention"}
 RUNNER = CliRunner()
-
-
-class _Account(AccountService):
-    """The account service, its commands served under this module's name."""
-
-    async def start(self, runtime: Runtime) -> None:
-        commands = CommandService(runtime.nc, runtime.store, name=PARTICIPANTS.account,
-                                  version=ACCOUNT_VERSION)  # fmt: skip
-        register_account_commands(commands, runtime.settings.assets())
-        await commands.start()
-        self._commands = commands
 
 
 class _Risk(RiskService):
@@ -79,7 +66,7 @@ async def host(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[ServiceH
     """Account, risk and the saga service with its orchestrator; the starter follows a
     subject nobody publishes on (this module starts its sagas itself)."""
     services: list[Service] = [
-        _Account(), _Risk(),
+        RenamedAccount(PARTICIPANTS.account), _Risk(),
         SagaService(PARTICIPANTS, starting_subject=f"ledger.c{TOKEN}none.>"),
     ]  # fmt: skip
     async with running(ServiceHost(settings, services)) as started:

@@ -22,21 +22,14 @@ import nats
 import orjson
 import pytest
 
-from account_service.app import VERSION as ACCOUNT_VERSION
-from account_service.app import AccountService
-from account_service.commands import register_commands as register_account_commands
 from eventstore import EventStore, UnitOfWork
 from ledger.commands import CommandRefused, CommandService
-from ledger.consumers import ConsumerOptions
-from ledger.host import Runtime, Service, ServiceHost, running
+from ledger.host import Service, ServiceHost, running
 from ledger.http import create_app
 from ledger.settings import Settings
-from risk_service.account_view import account_consumer, ensure_table
-from risk_service.api import default_limits, utc_now
-from risk_service.app import RiskService
-from risk_service.commands import register_commands as register_risk_commands
 from saga import Orchestrator, Participants, SagaService
 from tests.integration.authorized import authorized_client
+from tests.integration.renamed_services import RenamedAccount, RenamedRisk
 from trade_service.contracts import (
     CompleteSettlement,
     FailSettlement,
@@ -52,35 +45,6 @@ PARTICIPANTS = Participants(account=f"account-{TOKEN}", risk=f"risk-{TOKEN}",
                             trade=f"trade-{TOKEN}")  # fmt: skip
 STARTING_PREFIX = f"ledger.t{TOKEN}trade"
 FINAL = {"completed", "rejected", "failed"}
-
-
-class _Account(AccountService):
-    """The account service, its commands served under this module's name."""
-
-    async def start(self, runtime: Runtime) -> None:
-        commands = CommandService(runtime.nc, runtime.store, name=PARTICIPANTS.account,
-                                  version=ACCOUNT_VERSION)  # fmt: skip
-        register_account_commands(commands, runtime.settings.assets())
-        await commands.start()
-        self._commands = commands
-
-
-class _Risk(RiskService):
-    """The risk service, its commands served under this module's name."""
-
-    async def start(self, runtime: Runtime) -> None:
-        store = runtime.store
-        await ensure_table(store)
-        consumer = account_consumer(runtime.nc, store,
-                                    ConsumerOptions.from_settings(runtime.settings),
-                                    durable_name=f"{store.schema}-accounts")  # fmt: skip
-        await consumer.ensure()
-        runtime.spawn(consumer.run, "account-view")
-        self._consumer = consumer
-        commands = CommandService(runtime.nc, store, name=PARTICIPANTS.risk, version="0.1.0")
-        register_risk_commands(commands, default_limits(runtime.settings), utc_now)
-        await commands.start()
-        self._commands = commands
 
 
 class Trade:
@@ -132,7 +96,7 @@ async def settings(database_url: str, nats_url: str) -> Settings:
 
 @pytest.fixture(scope="module")
 async def host(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[ServiceHost]:
-    services: list[Service] = [_Account(), _Risk(),
+    services: list[Service] = [RenamedAccount(PARTICIPANTS.account), RenamedRisk(PARTICIPANTS.risk),
                 SagaService(PARTICIPANTS, starting_subject=f"{STARTING_PREFIX}.>",
                             is_advancing=False)]  # fmt: skip
     async with running(ServiceHost(settings, services)) as started:

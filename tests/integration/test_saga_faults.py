@@ -32,19 +32,15 @@ from account_service.app import VERSION as ACCOUNT_VERSION
 from account_service.app import AccountService
 from account_service.commands import register_commands as register_account_commands
 from ledger.commands import CommandService
-from ledger.consumers import ConsumerOptions
 from ledger.host import Runtime, Service, ServiceHost, running
 from ledger.http import create_app
 from ledger.settings import Settings
-from risk_service.account_view import account_consumer, ensure_table
-from risk_service.api import default_limits, utc_now
-from risk_service.app import RiskService
-from risk_service.commands import register_commands as register_risk_commands
 from saga import Orchestrator, Participants, SagaService
 from saga.contracts import SagaEvent, StepSucceeded, stream_of
 from saga.definition import command_id
 from saga.state import Outcome, SagaState, Send
 from tests.integration.authorized import authorized_client
+from tests.integration.renamed_services import RenamedRisk
 from tests.integration.test_saga import account, funded_account, known_to_risk, until
 from trade_service.app import TradeService
 
@@ -75,24 +71,6 @@ class _Account(AccountService):
         commands = CommandService(runtime.nc, runtime.store, name=PARTICIPANTS.account,
                                   version=ACCOUNT_VERSION)  # fmt: skip
         register_account_commands(commands, runtime.settings.assets())
-        await commands.start()
-        self._commands = commands
-
-
-class _Risk(RiskService):
-    """The risk service, its commands served under this module's name."""
-
-    async def start(self, runtime: Runtime) -> None:
-        store = runtime.store
-        await ensure_table(store)
-        consumer = account_consumer(runtime.nc, store,
-                                    ConsumerOptions.from_settings(runtime.settings),
-                                    durable_name=f"{store.schema}-accounts")  # fmt: skip
-        await consumer.ensure()
-        runtime.spawn(consumer.run, "account-view")
-        self._consumer = consumer
-        commands = CommandService(runtime.nc, store, name=PARTICIPANTS.risk, version="0.1.0")
-        register_risk_commands(commands, default_limits(runtime.settings), utc_now)
         await commands.start()
         self._commands = commands
 
@@ -156,7 +134,7 @@ async def host(
     settings: Settings, pool: asyncpg.Pool, account_service: _Account
 ) -> AsyncIterator[ServiceHost]:
     services: list[Service] = [
-        account_service, _Risk(), _Trade(command_name=PARTICIPANTS.trade),
+        account_service, RenamedRisk(PARTICIPANTS.risk), _Trade(command_name=PARTICIPANTS.trade),
         SagaService(PARTICIPANTS, starting_subject=f"ledger.{TRADE_SERVICE}.>",
                     is_advancing=False),
     ]  # fmt: skip
