@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -31,6 +33,8 @@ from eventstore.upcasting import Upcasters
 
 if TYPE_CHECKING:
     from eventstore.projections import Projection
+
+_log = logging.getLogger(__name__)
 
 MAX_BATCH_EVENTS: Final = 10_000
 """The most events one append may carry."""
@@ -87,10 +91,17 @@ class EventStore:
             raise
         return store
 
-    async def close(self) -> None:
-        """Stop announcing and close the pool (wait for connections in use to be released)."""
+    async def close(self, *, grace_s: float | None = None) -> None:
+        """Stop announcing and close the pool: wait for connections in use to be released,
+        for at most `grace_s` (no bound if None), then terminate those still in use."""
         await self.announcer.close()
-        await self.pool.close()
+        try:
+            async with asyncio.timeout(grace_s):
+                await self.pool.close()
+        except TimeoutError:
+            _log.warning("%s: connections still in use after %.1fs; terminated",
+                         self.schema, grace_s)  # fmt: skip
+            self.pool.terminate()
 
     async def migrate(self) -> None:
         """Bring the schema up to date; safe to call from many processes at once."""

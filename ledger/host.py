@@ -14,7 +14,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, TypeAlias
@@ -162,15 +162,17 @@ class ServiceHost:
                 pool_size=self.settings.db_pool_size,
                 inline_projections=service.inline_projections(),
             )
-            self._resources.push_async_callback(store.close)
+            self._resources.push_async_callback(store.close, grace_s=self.settings.shutdown_grace_s)
             notifier = await self._resources.enter_async_context(Notifier(store))
             runtime = Runtime(service.name, self.settings, store, self.nc, js, notifier)
-            self._work.push_async_callback(_cancel_tasks, runtime)
+            self._work.push_async_callback(self._within_grace, f"the tasks of {service.name}",
+                                           functools.partial(_cancel_tasks, runtime))  # fmt: skip
             self.runtimes[service.name] = runtime
             runtime.spawn(functools.partial(_relay, store, js, service.name, self.settings),
                           "relay")  # fmt: skip
             await service.start(runtime)
-            self._work.push_async_callback(service.stop)
+            self._work.push_async_callback(self._within_grace, f"{service.name} stopping",
+                                           service.stop)  # fmt: skip
         _log.info("host started: %s", ", ".join(s.name for s in self.services) or "no services")
 
     async def stop(self) -> None:
@@ -184,6 +186,20 @@ class ServiceHost:
             finally:
                 await self._resources.aclose()
                 self.runtimes.clear()
+
+    async def _within_grace(self, what: str, step: Callable[[], Awaitable[None]]) -> None:
+        """Run one step of `stop`; abandon it, with a warning, if it outlives the grace.
+
+        A step stuck on a peer that never answers must not keep the process, or the steps
+        after it (draining NATS, closing the pools), from ending; work it leaves undone is
+        what a crash leaves, which every consumer and saga already recovers from.
+        """
+        grace_s = self.settings.shutdown_grace_s
+        try:
+            async with asyncio.timeout(grace_s):
+                await step()
+        except TimeoutError:
+            _log.warning("stopping: %s did not finish within %.1fs; going on", what, grace_s)
 
     def store_for_stream(self, stream_id: str) -> EventStore | None:
         """The store that owns `stream_id`, by its category."""
@@ -222,11 +238,12 @@ class ServiceHost:
         return url
 
     async def _close_nats(self) -> None:
-        if self.nc is not None and not self.nc.is_closed:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.nc.drain(), timeout=self.settings.shutdown_grace_s)
-            if not self.nc.is_closed:
-                await self.nc.close()
+        nc = self.nc
+        if nc is not None and not nc.is_closed:
+            with contextlib.suppress(Exception):  # closed or draining already: close it anyway
+                await self._within_grace("draining NATS", nc.drain)
+            if not nc.is_closed:
+                await self._within_grace("closing NATS", nc.close)
 
 
 async def _answers(store: EventStore) -> bool:

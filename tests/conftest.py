@@ -15,6 +15,8 @@ import pytest
 
 from ledger.embedded import EmbeddedNats, EmbeddedPostgres
 
+pytest_plugins = ["tests.watchdog"]
+
 
 @pytest.fixture(scope="session", autouse=True)
 def auth_secret() -> Iterator[str]:

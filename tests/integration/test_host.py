@@ -305,3 +305,32 @@ async def test_the_streams_keep_messages_for_a_bounded_time(host: ServiceHost) -
 
     assert events.config.max_age == host.settings.events_stream_max_age_s
     assert dead.config.max_age == host.settings.dead_letter_max_age_s
+
+
+class StuckNotesService(NotesService):
+    """Notes whose stop never returns and which keeps a pool connection it never gives back,
+    as a service stuck on a peer that does not answer would."""
+
+    async def start(self, runtime: Runtime) -> None:
+        await super().start(runtime)
+        self.held = await runtime.store.pool.acquire()
+
+    async def stop(self) -> None:
+        await asyncio.Event().wait()
+
+
+async def test_a_stuck_service_does_not_keep_the_host_from_stopping(
+    database_url: str, nats_url: str, pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = settings_for(database_url, nats_url, shutdown_grace_s=0.2)
+    service = StuckNotesService()
+    host = ServiceHost(settings, [service])
+    await host.start()
+
+    await host.stop()
+
+    assert host.nc is not None and host.nc.is_closed
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("notes stopping did not finish" in w for w in warnings), warnings
+    assert any("connections still in use" in w for w in warnings), warnings
+    await pool.execute(f"drop schema {settings.schema_for('notes')} cascade")

@@ -188,10 +188,13 @@ async def test_a_subject_the_user_may_not_publish_is_refused(tmp_path: Path) -> 
             await reading.flush()
 
             await publishing.publish("ledger.account.account.Deposited", b"forged")
+            refusal = await refusal_of(publishing)
+            # Sent after the refusal came back: had the forged one been delivered, it would
+            # be the subscription's first message.
             await publishing.publish("ledger.risk.risk.LimitsSet", b"own")
+            await publishing.flush()
 
             delivered = await subscription.next_msg(timeout=10)
-            refusal = await refusal_of(publishing)
 
     assert delivered.subject == "ledger.risk.risk.LimitsSet"
     # nats-py lowercases the server's message.
