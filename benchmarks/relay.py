@@ -7,11 +7,13 @@ Phases, against a fresh schema `bench_relay_<hex>` (dropped at the end) and subj
 
   (a) relay throughput: `--events` events are appended first (batched appends across 100
       `thru-N` streams), then `EventRelay.catch_up()` is timed until its checkpoint reaches
-      the head: events/s from the committed log to JetStream acks. In the same run, two
-      baselines: `publish_baseline`, raw `js.publish_async` of the same bodies and headers
-      (fresh message ids, so nothing is deduplicated) in batches of the relay's size,
-      awaiting each batch's acks, without PostgreSQL; and `read_checkpoint_only`, the same
-      subscription with a handler that does nothing (PostgreSQL reads, decoding, checkpoints).
+      the head: events/s from the committed log to JetStream acks. In the same run, three
+      baselines: `publish_async_baseline`, nats-py's `js.publish_async` of the same bodies
+      and headers (fresh message ids, so nothing is deduplicated) in batches of the relay's
+      size, awaiting each batch's acks, without PostgreSQL (the relay's way before
+      `BatchPublisher`); `batch_publisher_only`, the relay's `BatchPublisher` the same way;
+      and `read_checkpoint_only`, the same subscription with a handler that does nothing
+      (PostgreSQL reads, decoding, checkpoints).
   (b) lag: one event per append, paced at `--rate` events/s for `--lag-seconds` (appends
       run concurrently, up to `--max-in-flight`, so the pace holds when one commit is slow),
       on `lag-N` streams, while `EventRelay.run()` follows the store and a `DurableConsumer`
@@ -57,6 +59,7 @@ from eventstore import ANY, EventStore, NewEvent, Position, RecordedEvent, Subsc
 from eventstore._db import Connection
 from ledger.bus import connect, ensure_streams, event_subject
 from ledger.consumers import ConsumedEvent, ConsumerOptions, DurableConsumer
+from ledger.publisher import BatchPublisher, Outgoing
 from ledger.relay import MSG_ID_HEADER, EventRelay, event_message
 from ledger.settings import Settings
 
@@ -110,21 +113,41 @@ async def append_backlog(store: EventStore, count: int, batch: int) -> list[Reco
     return appended
 
 
-async def publish_baseline(
-    js: JetStreamContext, service: str, stream: str, events: Sequence[RecordedEvent], batch: int
+def fresh_messages(service: str, events: Sequence[RecordedEvent]) -> list[Outgoing]:
+    """The events' bodies and headers under new message ids (nothing is deduplicated)."""
+    messages = []
+    for event in events:
+        body, headers = event_message(event)
+        fresh = {**headers, MSG_ID_HEADER: str(uuid.uuid4())}
+        messages.append(Outgoing(event_subject(service, "base", event.event_type), body, fresh))
+    return messages
+
+
+async def publish_async_baseline(
+    js: JetStreamContext, stream: str, messages: Sequence[Outgoing], batch: int
 ) -> float:
-    """Seconds to publish the events' bodies in batches awaiting acks, without PostgreSQL."""
-    messages = [event_message(event) for event in events]
-    subjects = [event_subject(service, "base", event.event_type) for event in events]
+    """Seconds to publish with nats-py's `publish_async` in batches awaiting acks (the
+    relay's way before `BatchPublisher`), without PostgreSQL."""
     started = time.perf_counter()
     for first in range(0, len(messages), batch):
         acks = []
-        for (body, headers), subject in zip(
-            messages[first : first + batch], subjects[first : first + batch], strict=True
-        ):
-            fresh = {**headers, MSG_ID_HEADER: str(uuid.uuid4())}
-            acks.append(await js.publish_async(subject, body, headers=fresh, stream=stream))
+        for message in messages[first : first + batch]:
+            headers = dict(message.headers)  # publish_async adds to the dict it is given
+            ack = await js.publish_async(message.subject, message.body, headers=headers,
+                                         stream=stream)  # fmt: skip
+            acks.append(ack)
         await asyncio.gather(*acks)
+    return time.perf_counter() - started
+
+
+async def batch_publisher_baseline(
+    nc: Client, stream: str, messages: Sequence[Outgoing], batch: int
+) -> float:
+    """Seconds to publish with the relay's `BatchPublisher` alone, without PostgreSQL."""
+    started = time.perf_counter()
+    async with BatchPublisher(nc, stream) as publisher:
+        for first in range(0, len(messages), batch):
+            await publisher.publish(messages[first : first + batch], DRAIN_TIMEOUT_S)
     return time.perf_counter() - started
 
 
@@ -145,29 +168,34 @@ class Throughput:
     events: int
     relay_s: float
     relay_cpu_s: float
-    baseline_s: float
+    publish_async_s: float
+    publisher_s: float
     read_only_s: float
 
 
 async def measure_throughput(
-    store: EventStore, js: JetStreamContext, service: str, settings: Settings, count: int
+    store: EventStore, nc: Client, service: str, settings: Settings, count: int
 ) -> Throughput:
     log(f"appending {count} events for the throughput phase")
     appended = await append_backlog(store, count, batch=500)
     await wait_settled(store, max(event.position for event in appended))
-    baseline_s = await publish_baseline(
-        js, service, settings.events_stream, appended, settings.relay_batch_events
+    batch, stream = settings.relay_batch_events, settings.events_stream
+    publish_async_s = await publish_async_baseline(
+        nc.jetstream(), stream, fresh_messages(service, appended), batch
     )
-    read_count, read_only_s = await read_checkpoint_only(store, settings.relay_batch_events)
+    publisher_s = await batch_publisher_baseline(
+        nc, stream, fresh_messages(service, appended), batch
+    )
+    read_count, read_only_s = await read_checkpoint_only(store, batch)
     assert read_count == count, f"the no-op subscription read {read_count} of {count}"
-    relay = EventRelay(store, js, service, settings)
+    relay = EventRelay(store, nc, service, settings)
     cpu_before = time.process_time()
     started = time.perf_counter()
     published = await relay.catch_up()
     relay_s = time.perf_counter() - started
     relay_cpu_s = time.process_time() - cpu_before
     assert published == count, f"the relay published {published} of {count}"
-    return Throughput(count, relay_s, relay_cpu_s, baseline_s, read_only_s)
+    return Throughput(count, relay_s, relay_cpu_s, publish_async_s, publisher_s, read_only_s)
 
 
 # --------------------------------------------------------------------------- (b) lag
@@ -266,7 +294,7 @@ async def measure_lag(
 ) -> Lag:
     js = nc.jetstream()
     probe = LagProbe()
-    relay = EventRelay(store, js, service, settings)
+    relay = EventRelay(store, nc, service, settings)
     async with asyncio.TaskGroup() as group:
         relay_task = group.create_task(relay.run())
         if args.consumer == "durable":
@@ -317,7 +345,7 @@ async def benchmark(args: argparse.Namespace, dsn: str, nats_url: str) -> tuple[
             js.purge_stream, settings.events_stream, subject=f"ledger.{service}.>"
         )
         log(f"schema {schema}, subjects ledger.{service}.>, client cpus={os.cpu_count()}")
-        throughput = await measure_throughput(store, js, service, settings, args.events)
+        throughput = await measure_throughput(store, nc, service, settings, args.events)
         lag = await measure_lag(store, nc, service, settings, args)
     return throughput, lag
 
@@ -332,7 +360,9 @@ def report(throughput: Throughput, lag: Lag, args: argparse.Namespace) -> None:
         + goal(relay_rate >= GOAL_RELAY_EVENTS_PER_S, f">= {GOAL_RELAY_EVENTS_PER_S:,.0f}")
     )
     print(f"relay_client_cpu_us_per_event: {throughput.relay_cpu_s * 1e6 / throughput.events:.0f}")
-    print(f"publish_baseline_events_per_s: {throughput.events / throughput.baseline_s:.0f}")
+    publish_async_rate = throughput.events / throughput.publish_async_s
+    print(f"publish_async_baseline_events_per_s: {publish_async_rate:.0f}")
+    print(f"batch_publisher_only_events_per_s: {throughput.events / throughput.publisher_s:.0f}")
     print(f"read_checkpoint_only_events_per_s: {throughput.events / throughput.read_only_s:.0f}")
     probe = lag.probe
     print(f"lag_append_rate_events_per_s: {lag.appended / lag.append_s:.0f} (asked {args.rate:g})")

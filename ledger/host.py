@@ -168,7 +168,7 @@ class ServiceHost:
             self._work.push_async_callback(self._within_grace, f"the tasks of {service.name}",
                                            functools.partial(_cancel_tasks, runtime))  # fmt: skip
             self.runtimes[service.name] = runtime
-            runtime.spawn(functools.partial(_relay, store, js, service.name, self.settings),
+            runtime.spawn(functools.partial(_relay, store, self.nc, service.name, self.settings),
                           "relay")  # fmt: skip
             await service.start(runtime)
             self._work.push_async_callback(self._within_grace, f"{service.name} stopping",
@@ -268,9 +268,9 @@ async def _cancel_tasks(runtime: Runtime) -> None:
     runtime._tasks.clear()
 
 
-async def _relay(store: EventStore, js: JetStreamContext, service: str, settings: Settings) -> None:
+async def _relay(store: EventStore, nc: Client, service: str, settings: Settings) -> None:
     """Run a fresh relay of `service`'s events (a restart after a crash starts clean)."""
-    await EventRelay(store, js, service, settings).run()
+    await EventRelay(store, nc, service, settings).run()
 
 
 @contextlib.asynccontextmanager

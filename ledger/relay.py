@@ -1,21 +1,21 @@
 """The relay: every committed event of one service's store, published to JetStream.
 
-It is a catch-up subscription whose handler publishes a batch with `publish_async` and waits
-for every acknowledgement before the checkpoint commits. Killed at any point, it publishes
-again at most the batch that was not checkpointed, and JetStream drops those duplicates by
-`Nats-Msg-Id` (the event id) within the stream's duplicate window.
+It is a catch-up subscription whose handler publishes a batch (`BatchPublisher`, pipelined)
+and waits for every acknowledgement before the checkpoint commits. Killed at any point, it
+publishes again at most the batch that was not checkpointed, and JetStream drops those
+duplicates by `Nats-Msg-Id` (the event id) within the stream's duplicate window.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Final
 
 import nats.errors
 import orjson
-from nats.js import JetStreamContext
+from nats.aio.client import Client
 
 from eventstore import EventStore, RecordedEvent, Subscription
 from eventstore._db import Connection
@@ -23,6 +23,7 @@ from eventstore._translate import translated_errors
 from ledger import metrics
 from ledger.bus import event_subject
 from ledger.context import ACTOR_HEADER, CAUSATION_HEADER, CORRELATION_HEADER, TRACEPARENT_HEADER
+from ledger.publisher import BatchPublisher, Outgoing
 from ledger.settings import Settings
 
 MSG_ID_HEADER: Final = "Nats-Msg-Id"
@@ -59,15 +60,14 @@ def event_message(event: RecordedEvent) -> tuple[bytes, dict[str, str]]:
 class EventRelay:
     """Publishes a service's events to the events stream, in commit order, at least once."""
 
-    def __init__(
-        self, store: EventStore, js: JetStreamContext, service: str, settings: Settings
-    ) -> None:
+    def __init__(self, store: EventStore, nc: Client, service: str, settings: Settings) -> None:
         self.store = store
-        self.js = js
+        self.nc = nc
         self.service = service
         self.stream = settings.events_stream
         self.ack_timeout_s = settings.relay_ack_timeout_s
         self._is_recovering = False
+        self._publisher: BatchPublisher | None = None
         self.subscription = Subscription(
             store,
             RELAY_CHECKPOINT,
@@ -79,19 +79,34 @@ class EventRelay:
 
     async def run(self) -> None:
         """Relay until cancelled; NATS or PostgreSQL outages are waited out."""
-        await self.subscription.run()
+        async with self._publishing():
+            await self.subscription.run()
 
     async def catch_up(self) -> int:
         """Relay everything settled now; return how many events were published."""
-        return await self.subscription.catch_up()
+        async with self._publishing():
+            return await self.subscription.catch_up()
+
+    @contextlib.asynccontextmanager
+    async def _publishing(self) -> AsyncIterator[None]:
+        async with BatchPublisher(self.nc, self.stream) as publisher:
+            self._publisher = publisher
+            try:
+                yield
+            finally:
+                self._publisher = None
 
     async def _publish(self, _: Connection, events: Sequence[RecordedEvent]) -> None:
+        publisher = self._publisher
+        assert publisher is not None, "the subscription runs inside `_publishing`"
+        messages = [self._outgoing(event) for event in events]
         if self._is_recovering:
-            await self._publish_one_by_one(events)
+            for message in messages:
+                await publisher.publish([message], self.ack_timeout_s)
             self._is_recovering = False
         else:
             try:
-                await self._publish_pipelined(events)
+                await publisher.publish(messages, self.ack_timeout_s)
             except BaseException:
                 # Some of the batch may be stored and some not: pipelining the retry could
                 # store a lost event after a later one of its stream. Go one by one instead.
@@ -99,34 +114,10 @@ class EventRelay:
                 raise
         self._observe(events)
 
-    async def _publish_pipelined(self, events: Sequence[RecordedEvent]) -> None:
-        acks: list[asyncio.Future[Any]] = []
-        try:
-            for event in events:
-                acks.append(await self._publish_async(event))
-            # asyncio.timeout, not wait_for, which on Python 3.11 swallows a cancellation
-            # arriving as the acks complete (the host's stop would then wait for ever).
-            async with asyncio.timeout(self.ack_timeout_s):
-                await asyncio.gather(*acks)
-        except BaseException:
-            for ack in acks:
-                ack.cancel()
-            raise
-
-    async def _publish_one_by_one(self, events: Sequence[RecordedEvent]) -> None:
-        for event in events:
-            ack = await self._publish_async(event)
-            try:
-                async with asyncio.timeout(self.ack_timeout_s):
-                    await ack
-            except BaseException:
-                ack.cancel()
-                raise
-
-    async def _publish_async(self, event: RecordedEvent) -> asyncio.Future[Any]:
+    def _outgoing(self, event: RecordedEvent) -> Outgoing:
         body, headers = event_message(event)
         subject = event_subject(self.service, event.category, event.event_type)
-        return await self.js.publish_async(subject, body, headers=headers, stream=self.stream)
+        return Outgoing(subject, body, headers)
 
     def _observe(self, events: Sequence[RecordedEvent]) -> None:
         metrics.relay_published_events.labels(self.service).inc(len(events))
@@ -146,4 +137,3 @@ async def relay_lag_events(store: EventStore) -> int:
         )
     assert row is not None
     return max(int(row["lag"]), 0)
-

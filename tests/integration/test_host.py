@@ -329,7 +329,8 @@ async def test_a_stuck_service_does_not_keep_the_host_from_stopping(
 
     await host.stop()
 
-    assert host.nc is not None and host.nc.is_closed
+    assert host.nc is not None
+    assert host.nc.is_closed
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("notes stopping did not finish" in w for w in warnings), warnings
     assert any("connections still in use" in w for w in warnings), warnings

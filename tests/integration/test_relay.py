@@ -84,7 +84,7 @@ async def test_relay_publishes_every_event_once_with_headers(
 ) -> None:
     appended = await append_across_streams(store, 20)
 
-    relayed = await EventRelay(store, nats_client.jetstream(), service, SETTINGS).catch_up()
+    relayed = await EventRelay(store, nats_client, service, SETTINGS).catch_up()
 
     bodies = await published(nats_client.jetstream(), service, 20)
     assert relayed == 20
@@ -98,7 +98,7 @@ async def test_a_relay_killed_after_publishing_republishes_only_duplicates(
     """The crash lands between JetStream's acks and the checkpoint's commit."""
     appended = await append_across_streams(store, 30)
     js = nats_client.jetstream()
-    crashing = EventRelay(store, js, service, SETTINGS)
+    crashing = EventRelay(store, nats_client, service, SETTINGS)
     publish = crashing._publish
 
     async def publish_then_crash(connection: Connection, events: Sequence[RecordedEvent]) -> None:
@@ -110,7 +110,7 @@ async def test_a_relay_killed_after_publishing_republishes_only_duplicates(
     with pytest.raises(asyncio.CancelledError):
         await crashing.catch_up()
 
-    await EventRelay(store, js, service, SETTINGS).catch_up()
+    await EventRelay(store, nats_client, service, SETTINGS).catch_up()
 
     assert_each_once_in_stream_order(await published(js, service, 30), appended)
 
@@ -122,12 +122,12 @@ async def test_a_relay_cancelled_at_random_points_loses_and_doubles_nothing(
     appended = await append_across_streams(store, 60)
 
     for delay_s in (0.001, 0.005, 0.01, 0.02, 0.03):
-        running = asyncio.create_task(EventRelay(store, js, service, SETTINGS).run())
+        running = asyncio.create_task(EventRelay(store, nats_client, service, SETTINGS).run())
         await asyncio.sleep(delay_s)
         running.cancel()
         with pytest.raises(asyncio.CancelledError):
             await running
         appended.extend(await append_across_streams(store, 5))
-    await EventRelay(store, js, service, SETTINGS).catch_up()
+    await EventRelay(store, nats_client, service, SETTINGS).catch_up()
 
     assert_each_once_in_stream_order(await published(js, service, len(appended)), appended)
