@@ -33,6 +33,7 @@ class Notifier:
         self._connection: PoolConnectionProxy[Any] | None = None
 
     async def __aenter__(self) -> Notifier:
+        self.store.announcer.listen_locally(self._on_local_append)
         try:
             connection = await self.store.pool.acquire()
         except _CONNECTION_ERRORS as error:
@@ -57,6 +58,7 @@ class Notifier:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        self.store.announcer.stop_listening_locally(self._on_local_append)
         connection, self._connection = self._connection, None
         if connection is None:
             return
@@ -75,7 +77,11 @@ class Notifier:
             async with asyncio.timeout(timeout_s):
                 await changed.wait()
 
-    def _on_notify(self, *_: object) -> None:
+    def _on_notify(self, _connection: Any, _pid: int, _channel: str, origin: object) -> None:
+        if origin != self.store.announcer.origin:  # this process's own appends woke us already
+            self._on_local_append()
+
+    def _on_local_append(self) -> None:
         self.generation += 1
         self._changed.set()
         self._changed = asyncio.Event()

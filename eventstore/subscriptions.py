@@ -148,7 +148,8 @@ class Subscription:
                         await lease.release()  # idle: the pool's other users may have it
                     await notifier.wait_past(seen, self.poll_interval_s)
                 else:
-                    # Announced appends are not settled yet (an older transaction elsewhere is
-                    # still open): look again soon rather than at the next poll.
-                    await asyncio.sleep(settle_wait_s)
+                    # Announced appends are not settled yet (an older transaction is still
+                    # open): look again at the next commit, which is often that transaction's
+                    # own, or soon anyway, rather than at the next poll.
+                    await notifier.wait_past(notifier.generation, settle_wait_s)
                     settle_wait_s *= 2

@@ -33,7 +33,7 @@ async def test_a_wait_cancelled_as_an_append_is_announced_ends_cancelled(
         waiting = asyncio.create_task(notifier.wait_past(notifier.generation, 30.0))
         await asyncio.sleep(0.01)
 
-        notifier._on_notify()  # an append announced ...
+        notifier._on_local_append()  # an append announced ...
         waiting.cancel()  # ... as the wait is cancelled, in one turn of the loop
 
         with pytest.raises(asyncio.CancelledError):
