@@ -99,6 +99,26 @@ async def fetch_in_commit_order(
     return [decode(row, upcasters) for row in rows]
 
 
+async def has_settled_after(
+    executor: Executor, schema: str, after: Position, *, category: str | None = None
+) -> bool:
+    """Whether a settled event (the xmin rule) follows `after` in commit order."""
+    arguments: list[object] = [after.tx_id, after.global_position]
+    condition = ""
+    if category is not None:
+        arguments.append(category)
+        condition = " and category = $3"
+    # Ordered like `fetch_in_commit_order`, so that the plan walks the same index from `after`.
+    found = await executor.fetchval(
+        f"select 1 from {schema}.events"
+        " where (tx_id, global_position) > ($1::xid8, $2::bigint)"
+        f" and tx_id < pg_snapshot_xmin(pg_current_snapshot()){condition}"
+        " order by tx_id, global_position limit 1",
+        *arguments,
+    )
+    return found is not None
+
+
 async def fetch_by_ids(
     executor: Executor, schema: str, event_ids: list[Any]
 ) -> list[RecordedEvent]:
