@@ -3,9 +3,11 @@
     python benchmarks/transfers.py [--dsn DSN] [--nats URL] [--accounts 1000] [--clients 64]
                                    [--seconds 15] [--warmup 2] [--baseline-seconds 5]
 
-Starts the whole system in this process the way `ledger up` does (every service in one
-`ServiceHost`, its app served by uvicorn on a free local port), against fresh schemas
-`bench<random>_<service>` dropped at the end. Then, through HTTP only:
+Starts the whole system with `ledger up --no-embedded` in a process of its own (every
+service in one process, on a free local port), against fresh schemas
+`bench<random>_<service>` dropped at the end; the clients run in this process, so their
+work competes with the system's for the cores, not for its event loop. Then, through HTTP
+only:
 
   1. opens `--accounts` accounts and funds each with a deposit, then waits until the risk
      service has seen every one (it learns accounts from account events over NATS);
@@ -29,16 +31,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
+import contextlib
 import os
 import random
 import secrets
+import signal
 import statistics
 import sys
 import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -48,13 +52,10 @@ from typing import Any, Final
 import asyncpg
 import httpx
 import nats
-import uvicorn
 from pydantic import SecretStr
 
 from ledger.auth import Scope, TokenSigner
 from ledger.embedded import free_port, servers
-from ledger.host import ServiceHost, running
-from ledger.http import create_app
 from ledger.logs import configure_logging
 from ledger.services import available_services
 from ledger.settings import Settings
@@ -325,43 +326,82 @@ async def settle_and_check(
             break
 
 
-async def serve(settings: Settings, args: argparse.Namespace, owner: str) -> Figures:
-    host = ServiceHost(settings, list(available_services().values()))
+@contextlib.asynccontextmanager
+async def ledger_up(settings: Settings, port: int, data_dir: Path) -> AsyncIterator[str]:
+    """`ledger up --no-embedded` in a process of its own, as deployed: the clients' own CPU
+    work (httpx) then competes with the system for cores, not for its event loop. Yields
+    the base URL once `/health/ready` answers 200; stops the system with SIGINT (Ctrl-C)."""
+    secret = settings.auth_jwt_secret
+    assert secret is not None
+    env = {
+        **os.environ,
+        "LEDGER_DATABASE_URL": str(settings.database_url),
+        "LEDGER_NATS_URL": ",".join(settings.nats_servers),
+        "LEDGER_SCHEMA_PREFIX": settings.schema_prefix,
+        "LEDGER_LOG_LEVEL": settings.log_level,
+        "LEDGER_AUTH_JWT_SECRET": secret.get_secret_value(),
+        "LEDGER_RATE_LIMIT_PER_S": "0",
+    }
+    command = [sys.executable, "-c", "from ledger.cli import main; main()", "up", "--no-embedded",
+               "--port", str(port), "--data-dir", str(data_dir / "ledger")]  # fmt: skip
+    with (data_dir / "ledger-up.log").open("wb") as output:
+        process = await asyncio.create_subprocess_exec(
+            *command, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=output, stderr=output
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        await _until_ready(process, url, data_dir / "ledger-up.log")
+        yield url
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                await asyncio.wait_for(process.wait(), timeout=60)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+
+
+async def _until_ready(process: asyncio.subprocess.Process, url: str, log_path: Path) -> None:
+    deadline = time.perf_counter() + 120
+    async with httpx.AsyncClient(base_url=url, timeout=5) as client:
+        while time.perf_counter() < deadline and process.returncode is None:
+            with contextlib.suppress(httpx.TransportError):
+                if (await client.get("/health/ready")).status_code == 200:
+                    return
+            await asyncio.sleep(0.2)
+    what = "exited" if process.returncode is not None else "never became ready"
+    raise RuntimeError(f"ledger up {what}: {_tail(log_path)}")
+
+
+def _tail(path: Path) -> str:
+    return path.read_text(errors="replace")[-2000:]
+
+
+async def serve(
+    settings: Settings, args: argparse.Namespace, owner: str, data_dir: Path
+) -> Figures:
     figures = Figures()
-    async with running(host):
-        port = free_port()
-        server = uvicorn.Server(uvicorn.Config(
-            create_app(host, manage_host=False), host="127.0.0.1", port=port, lifespan="off",
-            log_level="warning", access_log=False, ws="none",
-        ))  # fmt: skip
-        serving = asyncio.create_task(server.serve())
-        try:
-            while not server.started:  # uvicorn offers no event to wait on
-                if serving.done():
-                    await serving
-                    raise RuntimeError("uvicorn stopped before it started")
-                await asyncio.sleep(0.01)
-            limits = httpx.Limits(max_connections=args.clients + 8,
-                                  max_keepalive_connections=args.clients + 8)
-            token = TokenSigner.from_settings(settings).issue("benchmark", [Scope.ADMIN],
-                                                              ttl_s=24 * 3600)  # fmt: skip
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits,
-                                         timeout=WAIT_S + 30,
-                                         headers={"Authorization": f"Bearer {token}"}) as client:
-                log(f"opening and funding {args.accounts} accounts")
-                started = time.perf_counter()
-                account_ids = await open_accounts(client, owner, args.accounts, args.clients)
-                await wait_for_risk(client, account_ids, timeout_s=args.final_timeout * 3)
-                log(f"  {time.perf_counter() - started:.1f} s")
-                log(f"baseline: HTTP deposits for {args.baseline_seconds:.0f} s")
-                await run_deposits(client, account_ids, args, figures)
-                await run_transfers(client, account_ids, args, figures)
-                log("waiting until every transfer is final, then checking the balances")
-                await settle_and_check(client, owner, args, figures)
-                figures.deposited += FUNDING * len(account_ids)
-        finally:
-            server.should_exit = True
-            await serving
+    async with ledger_up(settings, free_port(), data_dir) as url:
+        # Idle connections are dropped after 1 s, before uvicorn's 5 s keep-alive closes them
+        # under a request about to be sent (an httpx.ReadError).
+        limits = httpx.Limits(max_connections=args.clients + 8,
+                              max_keepalive_connections=args.clients + 8, keepalive_expiry=1.0)
+        token = TokenSigner.from_settings(settings).issue("benchmark", [Scope.ADMIN],
+                                                          ttl_s=24 * 3600)  # fmt: skip
+        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=WAIT_S + 30,
+                                     headers={"Authorization": f"Bearer {token}"}) as client:
+            log(f"opening and funding {args.accounts} accounts")
+            started = time.perf_counter()
+            account_ids = await open_accounts(client, owner, args.accounts, args.clients)
+            await wait_for_risk(client, account_ids, timeout_s=args.final_timeout * 3)
+            log(f"  {time.perf_counter() - started:.1f} s")
+            log(f"baseline: HTTP deposits for {args.baseline_seconds:.0f} s")
+            await run_deposits(client, account_ids, args, figures)
+            await run_transfers(client, account_ids, args, figures)
+            log("waiting until every transfer is final, then checking the balances")
+            await settle_and_check(client, owner, args, figures)
+            figures.deposited += FUNDING * len(account_ids)
     return figures
 
 
@@ -384,7 +424,9 @@ async def drop(settings: Settings, dsn: str, nats_url: str) -> None:
         await nc.close()
 
 
-async def benchmark(args: argparse.Namespace, dsn: str, nats_url: str) -> Figures:
+async def benchmark(
+    args: argparse.Namespace, dsn: str, nats_url: str, data_dir: Path
+) -> Figures:
     settings = Settings(
         database_url=dsn, nats_url=nats_url, schema_prefix=f"bench{secrets.token_hex(4)}_",
         log_level="WARNING", log_json=False,
@@ -393,10 +435,9 @@ async def benchmark(args: argparse.Namespace, dsn: str, nats_url: str) -> Figure
         auth_jwt_secret=SecretStr(secrets.token_urlsafe(32)), rate_limit_per_s=0,
     )  # fmt: skip
     configure_logging(settings.log_level, as_json=settings.log_json)
-    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     log(f"schemas {settings.schema_prefix}<service>")
     try:
-        return await serve(settings, args, owner=f"bench-{secrets.token_hex(4)}")
+        return await serve(settings, args, f"bench-{secrets.token_hex(4)}", data_dir)
     finally:
         await drop(settings, dsn, nats_url)
 
@@ -440,7 +481,7 @@ def main(argv: list[str] | None = None) -> None:
         if not args.dsn or not args.nats:
             log(f"starting embedded servers for what --dsn / --nats do not name, in {data_dir}")
         with servers(Path(data_dir), args.dsn or None, args.nats or None) as (dsn, nats_url):
-            figures = asyncio.run(benchmark(args, dsn, nats_url))
+            figures = asyncio.run(benchmark(args, dsn, nats_url, Path(data_dir)))
     report(figures, args)
 
 
