@@ -37,6 +37,7 @@ class Announcer:
         self.origin = uuid.uuid4().hex
         """The payload of this announcer's NOTIFYs."""
         self._is_due = False
+        self._is_echo_wanted = False
         self._sending: asyncio.Task[None] | None = None
         self._local: list[Callable[[], None]] = []
 
@@ -48,10 +49,18 @@ class Announcer:
         with contextlib.suppress(ValueError):
             self._local.remove(wake)
 
-    def announce(self) -> None:
-        """Note that something was committed: wake local listeners, a NOTIFY follows shortly."""
-        for wake in self._local:
-            wake()
+    def announce(self, *, is_committed: bool = True) -> None:
+        """Note that something was committed: wake local listeners, a NOTIFY follows shortly.
+
+        From inside a transaction that has yet to commit, pass `is_committed=False`: local
+        listeners woken now would look too early, so they learn of it from the NOTIFY, as
+        other processes do, which normally leaves after the commit.
+        """
+        if is_committed:
+            for wake in self._local:
+                wake()
+        else:
+            self._is_echo_wanted = True
         self._is_due = True
         if self._sending is None or self._sending.done():
             self._sending = asyncio.get_running_loop().create_task(self._send())
@@ -67,8 +76,11 @@ class Announcer:
         while self._is_due:
             await asyncio.sleep(_COALESCE_S)
             self._is_due = False
+            # An echo wanted: no origin, so that this process's listeners take it too.
+            origin = "" if self._is_echo_wanted else self.origin
+            self._is_echo_wanted = False
             try:
-                await self.pool.execute("select pg_notify($1, $2)", self.channel, self.origin)
+                await self.pool.execute("select pg_notify($1, $2)", self.channel, origin)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
                 _log.debug("NOTIFY %s not sent: %s", self.channel, error)
                 return

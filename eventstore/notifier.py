@@ -33,12 +33,18 @@ class Notifier:
         self._connection: PoolConnectionProxy[Any] | None = None
 
     async def __aenter__(self) -> Notifier:
+        await self._listen()
+        # Only once nothing can fail: __aexit__ does not run when __aenter__ raised.
         self.store.announcer.listen_locally(self._on_local_append)
+        return self
+
+    async def _listen(self) -> None:
+        """LISTEN on a connection of its own; without one, waiters fall back to polling."""
         try:
             connection = await self.store.pool.acquire()
         except _CONNECTION_ERRORS as error:
             _log.warning("%s: no LISTEN connection, polling only: %s", self.channel, error)
-            return self
+            return
         try:
             await connection.add_listener(self.channel, self._on_notify)
         except BaseException as error:
@@ -48,9 +54,8 @@ class Notifier:
             if not isinstance(error, _CONNECTION_ERRORS):
                 raise
             _log.warning("%s: LISTEN failed, polling only: %s", self.channel, error)
-            return self
+            return
         self._connection = connection
-        return self
 
     async def __aexit__(
         self,
@@ -58,6 +63,10 @@ class Notifier:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop waking waiters; give the LISTEN connection back."""
         self.store.announcer.stop_listening_locally(self._on_local_append)
         connection, self._connection = self._connection, None
         if connection is None:

@@ -33,6 +33,8 @@ from ledger.settings import Settings
 _log = logging.getLogger(__name__)
 _READY_TIMEOUT_S: Final = 1.0
 _RECANCEL_AFTER_S: Final = 1.0
+_LEAST_STEP_S: Final = 0.5
+"""Time each step of a stop gets even when the grace is spent (closing what is left)."""
 
 TaskFactory: TypeAlias = Callable[[], Coroutine[Any, Any, None]]
 """Makes the coroutine of a background task afresh, once per (re)start."""
@@ -139,6 +141,8 @@ class ServiceHost:
         # Closed in this order by `stop`: services and their tasks, then NATS, then resources.
         self._work = AsyncExitStack()
         self._resources = AsyncExitStack()
+        self._stop_deadline = 0.0
+        """When `stop`'s grace ends, on the loop's clock."""
 
     async def start(self) -> None:
         """Connect, migrate, and start every service; undo everything if any step fails."""
@@ -162,8 +166,11 @@ class ServiceHost:
                 pool_size=self.settings.db_pool_size,
                 inline_projections=service.inline_projections(),
             )
-            self._resources.push_async_callback(store.close, grace_s=self.settings.shutdown_grace_s)
-            notifier = await self._resources.enter_async_context(Notifier(store))
+            self._resources.push_async_callback(self._close_store, store)
+            notifier = await Notifier(store).__aenter__()
+            self._resources.push_async_callback(
+                self._within_grace, f"the notifier of {service.name}", notifier.close
+            )
             runtime = Runtime(service.name, self.settings, store, self.nc, js, notifier)
             self._work.push_async_callback(self._within_grace, f"the tasks of {service.name}",
                                            functools.partial(_cancel_tasks, runtime))  # fmt: skip
@@ -176,7 +183,9 @@ class ServiceHost:
         _log.info("host started: %s", ", ".join(s.name for s in self.services) or "no services")
 
     async def stop(self) -> None:
-        """Stop services and background tasks, drain NATS, close the pools. Idempotent."""
+        """Stop services and background tasks, drain NATS, close the pools, all within
+        `shutdown_grace_s` (each step gets at least a little time). Idempotent."""
+        self._stop_deadline = asyncio.get_running_loop().time() + self.settings.shutdown_grace_s
         self.is_stopping.set()
         try:
             await self._work.aclose()
@@ -194,12 +203,20 @@ class ServiceHost:
         after it (draining NATS, closing the pools), from ending; work it leaves undone is
         what a crash leaves, which every consumer and saga already recovers from.
         """
-        grace_s = self.settings.shutdown_grace_s
+        grace_s = self._grace_left_s()
         try:
             async with asyncio.timeout(grace_s):
                 await step()
         except TimeoutError:
             _log.warning("stopping: %s did not finish within %.1fs; going on", what, grace_s)
+
+    def _grace_left_s(self) -> float:
+        """What is left of the stop's grace, but never less than a step's least time."""
+        left_s = self._stop_deadline - asyncio.get_running_loop().time()
+        return max(left_s, min(_LEAST_STEP_S, self.settings.shutdown_grace_s))
+
+    async def _close_store(self, store: EventStore) -> None:
+        await store.close(grace_s=self._grace_left_s())
 
     def store_for_stream(self, stream_id: str) -> EventStore | None:
         """The store that owns `stream_id`, by its category."""

@@ -117,9 +117,13 @@ def _refusal(ack: Msg) -> Exception | None:
         body = orjson.loads(ack.data)
     except orjson.JSONDecodeError:
         return APIError(description=f"unreadable acknowledgement {ack.data[:200]!r}")
-    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(body, dict):
+        return APIError(description=f"unreadable acknowledgement {ack.data[:200]!r}")
+    error = body.get("error")
     if error is None:
-        return None
+        if isinstance(body.get("seq"), int) and body.get("stream"):
+            return None  # stored, or known already (`duplicate`)
+        return APIError(description=f"not a JetStream acknowledgement {ack.data[:200]!r}")
     try:
         APIError.from_error(error)  # raises the error's own class, never returns
     except APIError as refusal:

@@ -82,10 +82,9 @@ async def _follow(
             yield _sse(event)
             next_version = event.stream_version + 1
         if len(page) < PAGE_EVENTS:
-            before = notifier.generation
             await _wait_for_append(notifier, seen, is_stopping)
-            if notifier.generation == before and not is_stopping.is_set():
-                yield b": keepalive\n\n"
+            if notifier.generation == seen and not is_stopping.is_set():
+                yield b": keepalive\n\n"  # a heartbeat's time passed without any append
 
 
 async def _wait_for_append(notifier: Notifier, seen: int, is_stopping: asyncio.Event) -> None:

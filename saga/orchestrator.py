@@ -174,7 +174,7 @@ class Orchestrator:
         if is_new:
             # The NOTIFY goes out a little later (coalesced), normally after the consumer's
             # commit; if it comes first, the saga waits for the next wake or poll.
-            self._store.announcer.announce()
+            self._store.announcer.announce(is_committed=False)
         _log.info("saga %s %s", request.transfer_id, "started" if is_new else "exists already")
 
     def _deadline_at(self) -> datetime:

@@ -31,17 +31,19 @@ def _print_tasks(loop: asyncio.AbstractEventLoop, done: threading.Event) -> None
 
 
 def _give_up(nodeid: str, loop: asyncio.AbstractEventLoop | None) -> None:
-    if _capture is not None:  # the output must reach the terminal, not pytest's capture
-        _capture.suspend_global_capture(in_=False)
-    print(f"\n[watchdog] {nodeid} is stuck after {_STUCK_S:.0f} s; tasks:", file=sys.stderr)
-    if loop is not None and loop.is_running():
-        done = threading.Event()
-        loop.call_soon_threadsafe(_print_tasks, loop, done)
-        done.wait(timeout=10)
-    print("[watchdog] threads:", file=sys.stderr)
-    faulthandler.dump_traceback(file=sys.stderr)
-    sys.stderr.flush()
-    os._exit(_EXIT_STATUS)
+    try:
+        if _capture is not None:  # the output must reach the terminal, not pytest's capture
+            _capture.suspend_global_capture(in_=False)
+        print(f"\n[watchdog] {nodeid} is stuck after {_STUCK_S:.0f} s; tasks:", file=sys.stderr)
+        if loop is not None and loop.is_running():
+            done = threading.Event()
+            loop.call_soon_threadsafe(_print_tasks, loop, done)
+            done.wait(timeout=10)
+        print("[watchdog] threads:", file=sys.stderr)
+        faulthandler.dump_traceback(file=sys.stderr)
+        sys.stderr.flush()
+    finally:  # whatever failed above (the loop closing meanwhile), the run ends
+        os._exit(_EXIT_STATUS)
 
 
 _capture: Any = None

@@ -18,6 +18,7 @@ from eventstore import (
     Subscription,
 )
 from eventstore._db import Connection
+from eventstore.notifier import Notifier
 from tests.integration.settling import wait_settled
 
 GUARD_S = 10.0
@@ -246,6 +247,38 @@ async def test_run_is_woken_by_notify_not_by_polling(store: EventStore) -> None:
         second = await asyncio.wait_for(arrived.get(), GUARD_S)
 
     assert (first.stream_version, second.stream_version) == (1, 2)
+
+
+async def test_run_is_woken_by_another_process_s_notify(store: EventStore) -> None:
+    arrived: asyncio.Queue[RecordedEvent] = asyncio.Queue()
+
+    async def handle(_: Connection, events: Sequence[RecordedEvent]) -> None:
+        for event in events:
+            arrived.put_nowait(event)
+
+    # Another store object on the same schema stands for another process: its appends wake
+    # this one's subscription only through PostgreSQL's NOTIFY, not in-process.
+    elsewhere = EventStore(store.pool, store.schema)
+    subscription = Subscription(store, "woken-elsewhere", handle, poll_interval_s=30)
+    async with running(subscription):
+        await elsewhere.append("account-1", [deposited(1)], NO_STREAM)
+        first = await asyncio.wait_for(arrived.get(), GUARD_S)
+    await elsewhere.announcer.close()
+
+    assert first.stream_version == 1
+
+
+async def test_an_announcement_from_inside_a_transaction_reaches_local_waiters_after_it(
+    store: EventStore,
+) -> None:
+    async with Notifier(store) as notifier:
+        seen = notifier.generation
+
+        store.announcer.announce(is_committed=False)
+
+        assert notifier.generation == seen  # not at once: the transaction has not committed
+        await asyncio.wait_for(notifier.wait_past(seen, GUARD_S), GUARD_S)
+        assert notifier.generation > seen  # the NOTIFY's echo, which is not skipped
 
 
 async def test_a_category_subscription_sees_only_its_category(store: EventStore) -> None:
