@@ -2,29 +2,25 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Final
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ledger import context, metrics
+from ledger import metrics
 from ledger.auth import authorize_route, install_access_control
 from ledger.dependencies import HostDep
 from ledger.host import ServiceHost
 from ledger.problems import (
     document_problems,
     install_problem_handlers,
-    internal_error_response,
     problem_response,
     problem_responses,
 )
+from ledger.request_context import RequestContextMiddleware
 from ledger.streaming import router as streaming_router
-
-_UNMATCHED_ROUTE: Final = "unmatched"
 
 
 def create_app(host: ServiceHost, *, manage_host: bool = True) -> FastAPI:
@@ -51,7 +47,7 @@ def create_app(host: ServiceHost, *, manage_host: bool = True) -> FastAPI:
     install_problem_handlers(app)
     document_problems(app)
     install_access_control(app, host.settings)  # inside the context middleware added next
-    app.middleware("http")(_context_and_metrics)
+    app.add_middleware(RequestContextMiddleware)  # outermost of ours
     _add_platform_routes(app)
     app.include_router(streaming_router)
     for service in host.services:
@@ -59,35 +55,6 @@ def create_app(host: ServiceHost, *, manage_host: bool = True) -> FastAPI:
         if router is not None:
             app.include_router(router)
     return app
-
-
-async def _context_and_metrics(
-    request: Request, call_next: Callable[[Request], Awaitable[Response]]
-) -> Response:
-    """Bind the request's context, answer with it in headers, and time the request.
-
-    An unhandled error is answered here, as a 500 problem, so that answer too carries the
-    correlation id it tells the client to quote. The actor is never taken from an HTTP
-    client's headers (anyone could claim to be anyone); authentication will set it.
-    """
-    started = time.perf_counter()
-    with context.bound(context.from_client_headers(dict(request.headers))) as bound:
-        try:
-            response = await call_next(request)
-        except Exception as error:
-            response = internal_error_response(request, error, bound.correlation_id)
-    response.headers[context.CORRELATION_HEADER] = bound.correlation_id
-    response.headers[context.TRACEPARENT_HEADER] = bound.traceparent
-    metrics.http_request_seconds.labels(
-        _route_template(request), request.method, str(response.status_code)
-    ).observe(time.perf_counter() - started)
-    return response
-
-
-def _route_template(request: Request) -> str:
-    """The route's path template, so metrics have one series per route, not per id."""
-    route = request.scope.get("route")
-    return str(getattr(route, "path", _UNMATCHED_ROUTE))
 
 
 def _add_platform_routes(app: FastAPI) -> None:
