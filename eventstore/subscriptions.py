@@ -146,7 +146,10 @@ class Subscription:
                 try:
                     connection = await lease.connection()
                     count = 0
-                    if await self._may_have_work(connection):
+                    # A poll (nothing announced since the last look) always reads in full:
+                    # the cached checkpoint is a hint, and a poll must not trust it.
+                    is_poll = seen == handled_generation
+                    if is_poll or await self._may_have_work(connection):
                         count = await self._process_batch_on(connection)
                     backoff_s = self.poll_interval_s
                 except self.transient_errors as error:
