@@ -32,7 +32,10 @@ def translated_errors(stream_id: str = "", expected_version: int = 0) -> Iterato
         yield
     except asyncpg.PostgresError as error:
         raise _translate(error, stream_id, expected_version) from error
-    except (OSError, asyncpg.InterfaceError) as error:
+    except (OSError, asyncpg.InterfaceError, asyncpg.InternalClientError) as error:
+        # InternalClientError: asyncpg would not start a statement (a COMMIT, say) on a
+        # connection the server dropped in the middle of another; seen while PostgreSQL
+        # restarts. Nothing was sent, so nothing was committed: unavailable, not a bug.
         raise StoreUnavailable(f"PostgreSQL is unavailable: {error}") from error
 
 

@@ -81,6 +81,7 @@ class Announcer:
             self._is_echo_wanted = False
             try:
                 await self.pool.execute("select pg_notify($1, $2)", self.channel, origin)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
+                    asyncpg.InternalClientError) as error:  # fmt: skip
                 _log.debug("NOTIFY %s not sent: %s", self.channel, error)
                 return

@@ -19,7 +19,9 @@ from asyncpg.pool import PoolConnectionProxy
 from eventstore.store import EventStore
 
 _log = logging.getLogger(__name__)
-_CONNECTION_ERRORS: Final = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+_CONNECTION_ERRORS: Final = (
+    OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError
+)
 
 
 class Notifier:
