@@ -116,7 +116,7 @@ def _refusal(ack: Msg) -> Exception | None:
     try:
         body = orjson.loads(ack.data)
     except orjson.JSONDecodeError:
-        return APIError(description=f"unreadable acknowledgement {ack.data[:200]!r}")
+        body = None
     if not isinstance(body, dict):
         return APIError(description=f"unreadable acknowledgement {ack.data[:200]!r}")
     error = body.get("error")

@@ -8,8 +8,7 @@ duplicates by `Nats-Msg-Id` (the event id) within the stream's duplicate window.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Final
 
@@ -62,12 +61,12 @@ class EventRelay:
 
     def __init__(self, store: EventStore, nc: Client, service: str, settings: Settings) -> None:
         self.store = store
-        self.nc = nc
         self.service = service
         self.stream = settings.events_stream
         self.ack_timeout_s = settings.relay_ack_timeout_s
         self._is_recovering = False
-        self._publisher: BatchPublisher | None = None
+        self.publisher = BatchPublisher(nc, self.stream)
+        """Open (subscribed to its acknowledgements) while `run` or `catch_up` runs."""
         self.subscription = Subscription(
             store,
             RELAY_CHECKPOINT,
@@ -79,34 +78,23 @@ class EventRelay:
 
     async def run(self) -> None:
         """Relay until cancelled; NATS or PostgreSQL outages are waited out."""
-        async with self._publishing():
+        async with self.publisher:
             await self.subscription.run()
 
     async def catch_up(self) -> int:
         """Relay everything settled now; return how many events were published."""
-        async with self._publishing():
+        async with self.publisher:
             return await self.subscription.catch_up()
 
-    @contextlib.asynccontextmanager
-    async def _publishing(self) -> AsyncIterator[None]:
-        async with BatchPublisher(self.nc, self.stream) as publisher:
-            self._publisher = publisher
-            try:
-                yield
-            finally:
-                self._publisher = None
-
     async def _publish(self, _: Connection, events: Sequence[RecordedEvent]) -> None:
-        publisher = self._publisher
-        assert publisher is not None, "the subscription runs inside `_publishing`"
         messages = [self._outgoing(event) for event in events]
         if self._is_recovering:
             for message in messages:
-                await publisher.publish([message], self.ack_timeout_s)
+                await self.publisher.publish([message], self.ack_timeout_s)
             self._is_recovering = False
         else:
             try:
-                await publisher.publish(messages, self.ack_timeout_s)
+                await self.publisher.publish(messages, self.ack_timeout_s)
             except BaseException:
                 # Some of the batch may be stored and some not: pipelining the retry could
                 # store a lost event after a later one of its stream. Go one by one instead.
