@@ -287,6 +287,18 @@ class Lag:
     appended: int
     append_s: float
     probe: LagProbe
+    process_cpu_s: float
+    machine_busy: float | None
+
+
+def machine_busy_ticks() -> tuple[int, int] | None:
+    """(busy, total) CPU ticks of the whole machine since boot, from /proc/stat (Linux)."""
+    try:
+        ticks = [int(part) for part in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle and iowait
+    return sum(ticks) - idle, sum(ticks)
 
 
 async def measure_lag(
@@ -304,9 +316,11 @@ async def measure_lag(
             subscription = await plain_consumer(js, service, settings, probe)
             consumer_task = group.create_task(pull_loop(subscription, probe))
         log(f"appending at {args.rate:g} events/s for {args.lag_seconds:g} s")
+        cpu_before, machine_before = time.process_time(), machine_busy_ticks()
         appended, append_s = await paced_appends(
             store, probe, args.rate, args.lag_seconds, args.max_in_flight
         )
+        process_cpu_s, machine_after = time.process_time() - cpu_before, machine_busy_ticks()
         deadline = time.perf_counter() + DRAIN_TIMEOUT_S
         while len(probe.from_return_s) < appended and time.perf_counter() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)  # a progress poll: simpler than an event per handled message
@@ -318,7 +332,12 @@ async def measure_lag(
         with suppress(Exception):
             await subscription.unsubscribe()
         await js.delete_consumer(settings.events_stream, f"bench-lag-{service}")
-    return Lag(appended, append_s, probe)
+    machine_busy = None
+    if machine_before is not None and machine_after is not None:
+        busy, total = (after - before for after, before in zip(machine_after, machine_before,
+                                                               strict=True))  # fmt: skip
+        machine_busy = busy / total if total else None
+    return Lag(appended, append_s, probe, process_cpu_s, machine_busy)
 
 
 # --------------------------------------------------------------------------- running it
@@ -367,6 +386,10 @@ def report(throughput: Throughput, lag: Lag, args: argparse.Namespace) -> None:
     probe = lag.probe
     print(f"lag_append_rate_events_per_s: {lag.appended / lag.append_s:.0f} (asked {args.rate:g})")
     print(f"lag_events_handled: {len(probe.from_return_s)} of {lag.appended} ({args.consumer})")
+    # The lag's tail is time queued on one event loop: how busy it and the machine were.
+    machine = "" if lag.machine_busy is None else f", machine {lag.machine_busy:.0%} of all cores"
+    print(f"lag_phase_cpu: this process {lag.process_cpu_s / lag.append_s:.0%} of one core"
+          f" (appends, relay and consumer share its loop){machine}")  # fmt: skip
     for name, values in (("commit", probe.from_return_s), ("recorded_at", probe.from_recorded_s)):
         p50, p99 = percentile(values, 0.5) * 1e3, percentile(values, 0.99) * 1e3
         worst = max(values, default=0.0) * 1e3

@@ -24,6 +24,11 @@ The DSN comes from `--dsn` (else LEDGER_BENCH_DATABASE_URL), the NATS URL from `
 (else LEDGER_BENCH_NATS_URL); without them embedded servers are started in a temporary
 directory (the `embedded` extra). A shared NATS server must not serve another ledger at the
 same time: the saga's commands (`account.reserve`, ...) are found by name on the server.
+Nor may its events stream hold another ledger's events: subjects are `ledger.<service>...`
+for every ledger, so this run's saga starter would start sagas for that ledger's transfers
+and the figures would count their work. The run refuses such a stream (exit 2) unless
+`--purge-events` allows it to purge `ledger.>` from it first; when it found none, it purges
+its own events at the end, so the next run finds the stream clean.
 Figures go to stdout, one per line with the goal beside; progress goes to stderr.
 """
 
@@ -52,9 +57,11 @@ from typing import Any, Final
 import asyncpg
 import httpx
 import nats
+import nats.js.errors
 from pydantic import SecretStr
 
 from ledger.auth import Scope, TokenSigner
+from ledger.bus import EVENTS_SUBJECT_PREFIX
 from ledger.embedded import free_port, servers
 from ledger.logs import configure_logging
 from ledger.services import available_services
@@ -86,7 +93,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--baseline-seconds", type=float, default=5.0)
     parser.add_argument("--final-timeout", type=float, default=60.0,
                         help="Longest wait, after the load, for every transfer to be final.")
+    parser.add_argument("--purge-events", action="store_true",
+                        help="Purge other ledgers' events (`ledger.>`) from the events stream"
+                             " first, instead of refusing to run beside them.")  # fmt: skip
     return parser.parse_args(argv)
+
+
+class SharedStream(Exception):
+    """The events stream holds another ledger's events, and --purge-events was not given."""
 
 
 @dataclass
@@ -405,8 +419,35 @@ async def serve(
     return figures
 
 
+async def claim_events_stream(settings: Settings, nats_url: str, purge: bool) -> None:
+    """Make sure the events stream holds no event on `ledger.>` before the run: purge them
+    when `purge`, else raise SharedStream naming how many there are."""
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        subjects = f"{EVENTS_SUBJECT_PREFIX}.>"
+        try:
+            info = await js.stream_info(settings.events_stream, subjects_filter=subjects)
+        except nats.js.errors.NotFoundError:
+            return  # the system creates it
+        held = sum((info.state.subjects or {}).values())
+        if held and not purge:
+            raise SharedStream(
+                f"stream {settings.events_stream} on {nats_url} already holds {held} events on"
+                f" {subjects} (another ledger's, or an earlier run's); this run's saga starter"
+                f" would start sagas for their transfers. Use a NATS server of this run alone"
+                f" (leave --nats unset for an embedded one) or pass --purge-events."
+            )
+        if held:
+            log(f"purging {held} events on {subjects} from {settings.events_stream}")
+            await js.purge_stream(settings.events_stream, subject=subjects)
+    finally:
+        await nc.close()
+
+
 async def drop(settings: Settings, dsn: str, nats_url: str) -> None:
-    """Drop the run's schemas and its durable consumers (they outlive a host by design)."""
+    """Drop the run's schemas, its durable consumers (they outlive a host by design) and its
+    events (the stream held none of another ledger's: `claim_events_stream`)."""
     connection = await asyncpg.connect(dsn)
     try:
         for service in available_services():
@@ -420,6 +461,7 @@ async def drop(settings: Settings, dsn: str, nats_url: str) -> None:
         for info in await js.consumers_info(settings.events_stream):
             if info.name and info.name.startswith(settings.schema_prefix):
                 await js.delete_consumer(settings.events_stream, info.name)
+        await js.purge_stream(settings.events_stream, subject=f"{EVENTS_SUBJECT_PREFIX}.>")
     finally:
         await nc.close()
 
@@ -436,6 +478,7 @@ async def benchmark(
     )  # fmt: skip
     configure_logging(settings.log_level, as_json=settings.log_json)
     log(f"schemas {settings.schema_prefix}<service>")
+    await claim_events_stream(settings, nats_url, args.purge_events)
     try:
         return await serve(settings, args, f"bench-{secrets.token_hex(4)}", data_dir)
     finally:
@@ -481,7 +524,11 @@ def main(argv: list[str] | None = None) -> None:
         if not args.dsn or not args.nats:
             log(f"starting embedded servers for what --dsn / --nats do not name, in {data_dir}")
         with servers(Path(data_dir), args.dsn or None, args.nats or None) as (dsn, nats_url):
-            figures = asyncio.run(benchmark(args, dsn, nats_url, Path(data_dir)))
+            try:
+                figures = asyncio.run(benchmark(args, dsn, nats_url, Path(data_dir)))
+            except SharedStream as refusal:
+                log(f"transfers.py: {refusal}")
+                sys.exit(2)
     report(figures, args)
 
 
