@@ -29,7 +29,10 @@ for every ledger, so this run's saga starter would start sagas for that ledger's
 and the figures would count their work. The run refuses such a stream (exit 2) unless
 `--purge-events` allows it to purge `ledger.>` from it first; when it found none, it purges
 its own events at the end, so the next run finds the stream clean.
-Figures go to stdout, one per line with the goal beside; progress goes to stderr.
+Figures go to stdout, one per line with the goal beside; progress goes to stderr. Besides
+the rates, a run prints the CPU each process of this machine (the ledger, PostgreSQL,
+nats-server, the clients) used per completed transfer in the timed window: on a shared
+machine a steadier figure than transfers/s for comparing two versions.
 """
 
 from __future__ import annotations
@@ -123,6 +126,34 @@ class Figures:
     parked_sagas: int = 0
     step_ms: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     drain_s: float = 0.0
+    completed_in_window: int = 0
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    """CPU seconds of each process group of this machine during the timed window."""
+
+
+CPU_GROUPS: Final = ("postgres", "nats-server")
+"""Processes of this machine, by name, whose CPU a run reports besides the ledger's own."""
+
+
+def cpu_snapshot(ledger_pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far of the `ledger up` process, of every process of
+    this machine named in CPU_GROUPS (servers elsewhere count nothing), and of this one."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    totals = dict.fromkeys(("ledger up", *CPU_GROUPS, "clients"), 0.0)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            head, tail = stat.read_text().rsplit(")", 1)
+        except OSError:
+            continue  # the process ended meanwhile
+        fields = tail.split()
+        used = (int(fields[11]) + int(fields[12])) / ticks
+        name = head.split("(", 1)[1]
+        if int(stat.parent.name) == ledger_pid:
+            totals["ledger up"] += used
+        elif name in CPU_GROUPS:
+            totals[name] += used
+    totals["clients"] = time.process_time()
+    return totals
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -246,9 +277,11 @@ def record_steps(transfer: dict[str, Any], figures: Figures) -> None:
 
 
 async def run_transfers(
-    client: httpx.AsyncClient, account_ids: list[str], args: argparse.Namespace, figures: Figures
+    client: httpx.AsyncClient, account_ids: list[str], args: argparse.Namespace,
+    figures: Figures, ledger_pid: int,
 ) -> None:
-    """Closed-loop clients: request a transfer, wait for its final status, again."""
+    """Closed-loop clients: request a transfer, wait for its final status, again; and the CPU
+    every process used in the timed window."""
     begin = time.perf_counter()
     count_from = begin + args.warmup
     stop_at = count_from + args.seconds
@@ -302,11 +335,20 @@ async def run_transfers(
         while time.perf_counter() < stop_at:
             await transfer_once()
 
+    async def measure_cpu() -> None:
+        await asyncio.sleep(count_from - time.perf_counter())
+        before = cpu_snapshot(ledger_pid)
+        await asyncio.sleep(stop_at - time.perf_counter())
+        after = cpu_snapshot(ledger_pid)
+        figures.cpu_s = {name: after[name] - before[name] for name in after}
+
     log(f"transfers: warming up {args.warmup:.0f} s, timing {args.seconds:.0f} s")
     async with asyncio.TaskGroup() as group:
+        group.create_task(measure_cpu())
         for _ in range(args.clients):
             group.create_task(transferrer())
     figures.drain_s = time.perf_counter() - stop_at
+    figures.completed_in_window = completed_in_window
     figures.transfers_per_s = completed_in_window / args.seconds
 
 
@@ -341,10 +383,13 @@ async def settle_and_check(
 
 
 @contextlib.asynccontextmanager
-async def ledger_up(settings: Settings, port: int, data_dir: Path) -> AsyncIterator[str]:
+async def ledger_up(
+    settings: Settings, port: int, data_dir: Path
+) -> AsyncIterator[tuple[str, int]]:
     """`ledger up --no-embedded` in a process of its own, as deployed: the clients' own CPU
     work (httpx) then competes with the system for cores, not for its event loop. Yields
-    the base URL once `/health/ready` answers 200; stops the system with SIGINT (Ctrl-C)."""
+    the base URL and the process id once `/health/ready` answers 200; stops the system with
+    SIGINT (Ctrl-C)."""
     secret = settings.auth_jwt_secret
     assert secret is not None
     env = {
@@ -365,7 +410,7 @@ async def ledger_up(settings: Settings, port: int, data_dir: Path) -> AsyncItera
     url = f"http://127.0.0.1:{port}"
     try:
         await _until_ready(process, url, data_dir / "ledger-up.log")
-        yield url
+        yield url, process.pid
     finally:
         if process.returncode is None:
             process.send_signal(signal.SIGINT)
@@ -396,7 +441,7 @@ async def serve(
     settings: Settings, args: argparse.Namespace, owner: str, data_dir: Path
 ) -> Figures:
     figures = Figures()
-    async with ledger_up(settings, free_port(), data_dir) as url:
+    async with ledger_up(settings, free_port(), data_dir) as (url, ledger_pid):
         # Idle connections are dropped after 1 s, before uvicorn's 5 s keep-alive closes them
         # under a request about to be sent (an httpx.ReadError).
         limits = httpx.Limits(max_connections=args.clients + 8,
@@ -412,7 +457,7 @@ async def serve(
             log(f"  {time.perf_counter() - started:.1f} s")
             log(f"baseline: HTTP deposits for {args.baseline_seconds:.0f} s")
             await run_deposits(client, account_ids, args, figures)
-            await run_transfers(client, account_ids, args, figures)
+            await run_transfers(client, account_ids, args, figures, ledger_pid)
             log("waiting until every transfer is final, then checking the balances")
             await settle_and_check(client, owner, args, figures)
             figures.deposited += FUNDING * len(account_ids)
@@ -512,6 +557,13 @@ def report(figures: Figures, args: argparse.Namespace) -> None:
           f"  (p50/p99 {d50:.0f}/{d99:.0f} ms; one HTTP write, no saga)")
     if figures.deposits_per_s:
         print(f"ratio_transfers/deposits: {figures.transfers_per_s / figures.deposits_per_s:.2f}")
+    if figures.completed_in_window and figures.cpu_s:
+        # Steadier than transfers/s on a shared machine: compare changes by this first.
+        per = {name: seconds * 1e3 / figures.completed_in_window
+               for name, seconds in figures.cpu_s.items()}  # fmt: skip
+        shares = ", ".join(f"{name} {ms:.1f}" for name, ms in per.items())
+        print(f"cpu_ms_per_transfer: {sum(per.values()):.1f}  ({shares}; processes of this"
+              " machine in the timed window)")
     if figures.step_ms:
         print("saga_timeline_ms (completed transfers, server clocks; mean / p99):")
         for name, values in figures.step_ms.items():
