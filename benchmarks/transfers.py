@@ -32,7 +32,8 @@ its own events at the end, so the next run finds the stream clean.
 Figures go to stdout, one per line with the goal beside; progress goes to stderr. Besides
 the rates, a run prints the CPU each process of this machine (the ledger, PostgreSQL,
 nats-server, the clients) used per completed transfer in the timed window: on a shared
-machine a steadier figure than transfers/s for comparing two versions.
+machine a steadier figure than transfers/s for comparing two versions (in several
+alternating pairs: it moves too).
 """
 
 from __future__ import annotations
