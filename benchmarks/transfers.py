@@ -337,6 +337,8 @@ async def run_transfers(
             await transfer_once()
 
     async def measure_cpu() -> None:
+        if sys.platform != "linux":
+            return  # not Linux: no figure rather than a wrong one
         await asyncio.sleep(count_from - time.perf_counter())
         before = cpu_snapshot(ledger_pid)
         await asyncio.sleep(stop_at - time.perf_counter())
