@@ -24,6 +24,13 @@ _UNIQUE_VIOLATION: Final = "23505"
 _EVENT_ID_CONSTRAINT: Final = "events_event_id_key"
 _RETRYABLE: Final = frozenset({"40P01", "40001"})  # deadlock, serialization failure
 
+UNREACHABLE_ERRORS: Final = (OSError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+"""PostgreSQL cannot be reached, or a connection broke under a statement. InternalClientError:
+asyncpg would not start a statement (a COMMIT, say) on a connection the server dropped in the
+middle of another; seen while PostgreSQL restarts. Nothing was sent, so nothing committed."""
+CONNECTION_ERRORS: Final = (asyncpg.PostgresError, *UNREACHABLE_ERRORS)
+"""Every failure of a statement on a connection, for code that only logs and carries on."""
+
 
 @contextmanager
 def translated_errors(stream_id: str = "", expected_version: int = 0) -> Iterator[None]:
@@ -32,10 +39,7 @@ def translated_errors(stream_id: str = "", expected_version: int = 0) -> Iterato
         yield
     except asyncpg.PostgresError as error:
         raise _translate(error, stream_id, expected_version) from error
-    except (OSError, asyncpg.InterfaceError, asyncpg.InternalClientError) as error:
-        # InternalClientError: asyncpg would not start a statement (a COMMIT, say) on a
-        # connection the server dropped in the middle of another; seen while PostgreSQL
-        # restarts. Nothing was sent, so nothing was committed: unavailable, not a bug.
+    except UNREACHABLE_ERRORS as error:
         raise StoreUnavailable(f"PostgreSQL is unavailable: {error}") from error
 
 

@@ -23,6 +23,8 @@ from typing import Any, Final
 
 import asyncpg
 
+from eventstore._translate import CONNECTION_ERRORS
+
 _log = logging.getLogger(__name__)
 _COALESCE_S: Final = 0.01
 """At most one NOTIFY per store each 10 ms: listeners learn of appends that much later."""
@@ -81,7 +83,6 @@ class Announcer:
             self._is_echo_wanted = False
             try:
                 await self.pool.execute("select pg_notify($1, $2)", self.channel, origin)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
-                    asyncpg.InternalClientError) as error:  # fmt: skip
+            except CONNECTION_ERRORS as error:
                 _log.debug("NOTIFY %s not sent: %s", self.channel, error)
                 return

@@ -11,17 +11,14 @@ import asyncio
 import contextlib
 import logging
 from types import TracebackType
-from typing import Any, Final
+from typing import Any
 
-import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from eventstore._translate import CONNECTION_ERRORS
 from eventstore.store import EventStore
 
 _log = logging.getLogger(__name__)
-_CONNECTION_ERRORS: Final = (
-    OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError
-)
 
 
 class Notifier:
@@ -35,8 +32,12 @@ class Notifier:
         self._connection: PoolConnectionProxy[Any] | None = None
 
     async def __aenter__(self) -> Notifier:
+        return await self.open()
+
+    async def open(self) -> Notifier:
+        """Start waking waiters; `close` stops (`async with` does both)."""
         await self._listen()
-        # Only once nothing can fail: __aexit__ does not run when __aenter__ raised.
+        # Only once nothing can fail: nothing closes a notifier whose opening raised.
         self.store.announcer.listen_locally(self._on_local_append)
         return self
 
@@ -44,7 +45,7 @@ class Notifier:
         """LISTEN on a connection of its own; without one, waiters fall back to polling."""
         try:
             connection = await self.store.pool.acquire()
-        except _CONNECTION_ERRORS as error:
+        except CONNECTION_ERRORS as error:
             _log.warning("%s: no LISTEN connection, polling only: %s", self.channel, error)
             return
         try:
@@ -53,7 +54,7 @@ class Notifier:
             # Cancelled or failed half way: the connection goes back, or the pool would
             # lose it for good (__aexit__ does not run when __aenter__ did not finish).
             await self.store.pool.release(connection)
-            if not isinstance(error, _CONNECTION_ERRORS):
+            if not isinstance(error, CONNECTION_ERRORS):
                 raise
             _log.warning("%s: LISTEN failed, polling only: %s", self.channel, error)
             return
@@ -73,7 +74,7 @@ class Notifier:
         connection, self._connection = self._connection, None
         if connection is None:
             return
-        with contextlib.suppress(*_CONNECTION_ERRORS):
+        with contextlib.suppress(*CONNECTION_ERRORS):
             await connection.remove_listener(self.channel, self._on_notify)
         await self.store.pool.release(connection)
 

@@ -167,7 +167,7 @@ class ServiceHost:
                 inline_projections=service.inline_projections(),
             )
             self._resources.push_async_callback(self._close_store, store)
-            notifier = await Notifier(store).__aenter__()
+            notifier = await Notifier(store).open()
             self._resources.push_async_callback(
                 self._within_grace, f"the notifier of {service.name}", notifier.close
             )

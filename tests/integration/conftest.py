@@ -1,4 +1,5 @@
-"""Event store fixtures: one pool for the session, a fresh schema for every test."""
+"""Integration fixtures: one pool for the session, a fresh schema for every test, and a
+NATS connection for every test that asks for one."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+from nats.aio.client import Client
 
 from eventstore import EventStore
+from ledger.bus import connect
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +35,12 @@ async def store(pool: asyncpg.Pool, schema: str) -> EventStore:
     created = EventStore(pool, schema)
     await created.migrate()
     return created
+
+
+@pytest.fixture
+async def nc(nats_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Client]:
+    """A connection to the session's NATS, named after the test module (modules that need
+    streams in place or a longer-lived connection define their own)."""
+    client = await connect([nats_url], f"test-{request.module.__name__.rsplit('.', 1)[-1]}")
+    yield client
+    await client.close()

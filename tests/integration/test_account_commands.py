@@ -18,7 +18,6 @@ from account_service.contracts import Leg, LegsDone, PostLegs, ReserveLegs, Void
 from account_service.domain import AccountState, deposit, freeze, open_account
 from account_service.projections import BalancesProjection, EntriesProjection, HoldsProjection
 from eventstore import ConcurrencyError, EventStore, Projection, rebuild
-from ledger.bus import connect
 from ledger.commands import CommandClient, CommandRefused, CommandService
 from ledger.context import bound, new_context
 from ledger.money import Assets
@@ -33,13 +32,6 @@ async def accounts(pool: asyncpg.Pool, schema: str) -> EventStore:
     for projection in projections:
         await projection.ensure_table(created)
     return created
-
-
-@pytest.fixture
-async def nc(nats_url: str) -> AsyncIterator[Client]:
-    connection = await connect([nats_url], "test-account-commands")
-    yield connection
-    await connection.close()
 
 
 @pytest.fixture

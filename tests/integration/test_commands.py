@@ -80,13 +80,6 @@ class DepositEndpoint:
 
 
 @pytest.fixture
-async def nc(nats_url: str) -> AsyncIterator[Client]:
-    connection = await connect([nats_url], "test-commands")
-    yield connection
-    await connection.close()
-
-
-@pytest.fixture
 def service_name() -> str:
     return f"bank-{secrets.token_hex(4)}"
 

@@ -10,16 +10,8 @@ import pytest
 from nats.aio.client import Client
 from nats.js.errors import APIError, NoStreamResponseError
 
-from ledger.bus import connect
 from ledger.publisher import BatchPublisher, Outgoing
 from ledger.relay import MSG_ID_HEADER
-
-
-@pytest.fixture
-async def nc(nats_url: str) -> AsyncIterator[Client]:
-    client = await connect([nats_url], "test-publisher")
-    yield client
-    await client.drain()
 
 
 @pytest.fixture
