@@ -2,8 +2,10 @@
 
 `saga_runs` is the projection of every saga stream that workers query: status, when the
 saga is next due, and the lease of the orchestrator advancing it. The projection writes
-the status columns in each append's transaction; only the lease functions below touch the
-lease columns, each in one short statement (never a transaction held across a request).
+the status columns in each append's transaction; only the lease functions below take or
+renew a lease, each in one short statement (never a transaction held across a request).
+The projection itself only ends leases: a saga that stops (final or parked) has none left,
+in the same transaction, so a worker killed before its release holds no lease on it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from saga.state import SagaState, evolve, fold
 RUNS_TABLE: Final = "saga_runs"
 _PAGE_EVENTS: Final = 1_000
 _ACTIVE = (SagaStatus.RUNNING.value, SagaStatus.COMPENSATING.value)
+_NO_LEASE: Final = {"lease_owner": None, "lease_until": None}
+"""A saga that stops holds no lease, as its rebuild (which knows nothing of leases) has none."""
 _STATUS_OF_EVENT: Final = {
     "SagaCompensating": SagaStatus.COMPENSATING,
     "SagaCompleted": SagaStatus.COMPLETED,
@@ -83,7 +87,8 @@ def _changes(event: RecordedEvent) -> dict[str, Any]:
                     "last_error": data["error"]}  # fmt: skip
         case "SagaParked":
             return {"status": SagaStatus.REQUIRES_INTERVENTION.value, "next_attempt_at": None,
-                    "last_error": data["error"], "parked_from": _CURRENT_STATUS}  # fmt: skip
+                    "last_error": data["error"], "parked_from": _CURRENT_STATUS,
+                    **_NO_LEASE}  # fmt: skip
         case "SagaRetried":
             return {"status": _PARKED_FROM, "parked_from": None,
                     "next_attempt_at": event.recorded_at}  # fmt: skip
@@ -92,7 +97,8 @@ def _changes(event: RecordedEvent) -> dict[str, Any]:
                     "next_attempt_at": event.recorded_at}  # fmt: skip
         case "SagaRejected" | "SagaFailed" | "SagaCompleted":
             return {"status": _STATUS_OF_EVENT[event.event_type].value,
-                    "reason": data.get("reason"), "next_attempt_at": None}  # fmt: skip
+                    "reason": data.get("reason"), "next_attempt_at": None,
+                    **_NO_LEASE}  # fmt: skip
     return {"next_attempt_at": event.recorded_at}
 
 

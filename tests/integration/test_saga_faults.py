@@ -6,6 +6,8 @@ JetStream, and settled against the real account, risk and trade services.
   before the command is sent, after the participant handled it but before its reply is
   recorded, after the reply is recorded) is finished by a new instance, with the same
   command ids, each applied once;
+- one that dies after recording the saga's end, before it releases its lease, leaves no
+  lease behind on the finished saga (its row equals its rebuild);
 - a participant that is down for a while only delays the saga;
 - a repeated Idempotency-Key never moves money twice.
 
@@ -282,6 +284,28 @@ async def test_a_new_orchestrator_finishes_a_saga_whose_orchestrator_died(
     assert finished["status"] == "completed", finished
     await assert_balances(client, payer, "3.75", payee, "1.25")
     await assert_applied_once(host, client, saga_id)
+
+
+async def test_a_saga_ended_by_an_orchestrator_that_died_holds_no_lease(
+    host: ServiceHost, client: httpx.AsyncClient
+) -> None:
+    payer, payee = await two_accounts(client, "5.00")
+    saga_id = await requested(client, payer, payee, "0.75")
+
+    doomed = CrashingOrchestrator(host, "complete", "after_recorded")
+    async with advancing(doomed):
+        async with asyncio.timeout(30):
+            await doomed.crashed.wait()
+        # Dead, not yet cancelled: its release of the lease never runs.
+        store = host.runtimes["saga"].store
+        row = await store.pool.fetchrow(
+            f"select status, lease_owner, lease_until from {store.schema}.saga_runs"
+            " where saga_id = $1", saga_id,
+        )  # fmt: skip
+
+    assert row is not None
+    assert dict(row) == {"status": "completed", "lease_owner": None, "lease_until": None}
+    await assert_balances(client, payer, "4.25", payee, "0.75")
 
 
 async def _failed_attempts(host: ServiceHost, saga_id: str, step: str) -> int:
