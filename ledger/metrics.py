@@ -60,6 +60,12 @@ command_seconds: Final = Histogram(
     buckets=_LATENCY_BUCKETS_S,
     registry=REGISTRY,
 )
+saga_records_per_commit: Final = Histogram(
+    "ledger_saga_records_per_commit",
+    "Saga records (one saga's events each) written by one transaction of the saga log.",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+    registry=REGISTRY,
+)
 background_task_up: Final = Gauge(
     "ledger_background_task_up",
     "1 while a background task (relay, consumer) runs, 0 while it waits to restart or ended.",

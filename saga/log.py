@@ -234,12 +234,19 @@ async def renew_lease(
     executor: Executor, schema: str, saga_id: str, owner: str, until: datetime
 ) -> bool:
     """Extend `owner`'s lease on the saga to `until`; False when it holds it no longer."""
-    row = await executor.fetchval(
+    return saga_id in await renew_leases(executor, schema, [saga_id], owner, until)
+
+
+async def renew_leases(
+    executor: Executor, schema: str, saga_ids: Sequence[str], owner: str, until: datetime
+) -> set[str]:
+    """Extend `owner`'s leases on the sagas to `until`; the ids it still holds."""
+    rows = await executor.fetch(
         f"update {schema}.{RUNS_TABLE} set lease_until = $3"
-        " where saga_id = $1 and lease_owner = $2 returning 1",
-        saga_id, owner, until,
+        " where saga_id = any($1::text[]) and lease_owner = $2 returning saga_id",
+        list(saga_ids), owner, until,
     )  # fmt: skip
-    return row is not None
+    return {row["saga_id"] for row in rows}
 
 
 async def release_lease(

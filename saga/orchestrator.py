@@ -31,6 +31,7 @@ from ledger.settings import Settings
 from saga import log
 from saga.contracts import SagaEvent, SagaKind, SagaStarted, stream_of
 from saga.definition import SETTLE_LEGS, Participants, SagaDefinition
+from saga.recorder import LeaseLost, SagaRecorder
 from saga.state import (
     Idle,
     Outcome,
@@ -91,6 +92,7 @@ class Orchestrator:
         self._notifier = notifier
         self._leased: set[str] = set()
         """Sagas this worker advances now, under its lease."""
+        self._recorder = SagaRecorder(store, definition, self.owner, self._lease_until)
         self._client = CommandClient(nc, settings.saga_step_timeout_s, max_retries=0)
         self._policy = RetryPolicy(
             settings.saga_step_max_attempts, settings.saga_backoff_first_s,
@@ -136,6 +138,7 @@ class Orchestrator:
             for task in in_flight:
                 task.cancel()
             await asyncio.gather(*in_flight, return_exceptions=True)
+            await self._recorder.close()
 
     async def _wait_for_due(self, seen: int) -> None:
         """Until the saga log changes after generation `seen`, or the poll interval passed."""
@@ -186,7 +189,7 @@ class Orchestrator:
         self._leased.add(saga_id)
         try:
             not_before = await self._advance(saga_id)
-        except _LeaseLost:
+        except LeaseLost:
             _log.warning("lease on saga %s lost to another orchestrator", saga_id)
         except ConcurrencyError:
             _log.warning("saga %s was advanced by another orchestrator; dropped", saga_id)
@@ -207,7 +210,7 @@ class Orchestrator:
         Decisions and outcomes are kept in `pending` and appended with the StepStarted of
         the next send, or before the turn ends: each is in the log before anything else
         leaves this worker, as before, with one commit per step instead of three (each
-        append also renews the lease, in its transaction). Raises _LeaseLost.
+        append also renews the lease, in its transaction). Raises LeaseLost.
         """
         loaded = await log.load(self._store, self._definition, saga_id)
         recorded = state = loaded.state
@@ -239,10 +242,12 @@ class Orchestrator:
 
     async def _renew(self, saga_id: str) -> None:
         """Extend this worker's lease on the saga (a resend: nothing to append with it)."""
-        until = self._clock() + timedelta(seconds=self._settings.saga_lease_s)
         if not await log.renew_lease(self._store.pool, self._store.schema, saga_id, self.owner,
-                                     until):  # fmt: skip
-            raise _LeaseLost(saga_id)
+                                     self._lease_until()):  # fmt: skip
+            raise LeaseLost(saga_id)
+
+    def _lease_until(self) -> datetime:
+        return self._clock() + timedelta(seconds=self._settings.saga_lease_s)
 
     async def _perform(self, state: SagaState, send: Send) -> tuple[SagaEvent, ...]:
         """Send the recorded step; the events that record its outcome."""
@@ -272,21 +277,13 @@ class Orchestrator:
         return Replied(reply.model_dump(mode="json"))
 
     async def _record(self, state: SagaState, events: tuple[SagaEvent, ...]) -> SagaState:
-        """Append `events`; when this worker leases the saga, renew the lease in the same
-        transaction (raises _LeaseLost, appending nothing, when it holds it no longer)."""
-        metadata = context.current().as_metadata()
-        saga_id = state.saga_id
-        async with self._store.unit_of_work() as unit:
-            if saga_id in self._leased:
-                until = self._clock() + timedelta(seconds=self._settings.saga_lease_s)
-                if not await log.renew_lease(unit.connection, self._store.schema, saga_id,
-                                             self.owner, until):  # fmt: skip
-                    raise _LeaseLost(saga_id)
-            return await log.record(unit, self._definition, state, events, metadata)
-
-
-class _LeaseLost(Exception):
-    """Another orchestrator holds the saga now; roll this worker's append back."""
+        """Append `events` (with other sagas' records, in one transaction); when this worker
+        leases the saga, renew the lease in that transaction (raises LeaseLost, appending
+        nothing, when it holds it no longer)."""
+        return await self._recorder.record(
+            state, events, context.current().as_metadata(),
+            is_leased=state.saga_id in self._leased,
+        )  # fmt: skip
 
 
 def _evolved(

@@ -1,0 +1,175 @@
+"""Group commit of the saga log: the records of many sagas in one transaction.
+
+An orchestrator advances dozens of sagas at once, and each step of each saga is recorded
+before anything leaves the worker. Alone, each record is a transaction of its own: `BEGIN`,
+the lease renewal, the append, the `saga_runs` update, `COMMIT`. The recorder queues the
+records that arrive while a transaction is in flight and writes them all in the next one,
+with one lease renewal for the lot; a record that finds the recorder idle goes at once, so
+a quiet orchestrator waits for nothing (docs/saga-group-commit.md).
+
+Each record still keeps its own contract: it is in the log when `record` returns, at the
+version its state was folded to, and under this worker's lease when it holds one. A record
+whose lease is gone fails alone with `LeaseLost`. When one append of a batch meets another
+writer, the transaction rolls back whole and each record is tried again on its own, so only
+the one that met the other writer fails, with the error it would have had alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+
+from eventstore import ConcurrencyError, EventStore, TransientConflict, UnitOfWork
+from ledger import metrics
+from saga import log
+from saga.contracts import SagaEvent
+from saga.definition import SagaDefinition
+from saga.state import SagaState
+
+DEFAULT_MAX_BATCH: Final = 64
+"""Records one transaction writes at most; more wait for the next."""
+
+
+class LeaseLost(Exception):
+    """Another orchestrator holds the saga now; this worker's record was not appended."""
+
+
+@dataclass(slots=True)
+class _Record:
+    state: SagaState
+    events: tuple[SagaEvent, ...]
+    metadata: dict[str, Any]
+    is_leased: bool
+    done: asyncio.Future[SagaState] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+    @property
+    def saga_id(self) -> str:
+        return self.state.saga_id
+
+
+class SagaRecorder:
+    """Appends saga events for one orchestrator, many sagas per transaction."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        definition: SagaDefinition,
+        owner: str,
+        lease_until: Callable[[], datetime],
+        *,
+        max_batch: int = DEFAULT_MAX_BATCH,
+    ) -> None:
+        """`lease_until` gives the end of a lease renewed now."""
+        assert max_batch >= 1, "a batch holds at least one record"
+        self._store = store
+        self._definition = definition
+        self._owner = owner
+        self._lease_until = lease_until
+        self._max_batch = max_batch
+        self._queue: list[_Record] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def record(
+        self,
+        state: SagaState,
+        events: tuple[SagaEvent, ...],
+        metadata: dict[str, Any],
+        *,
+        is_leased: bool,
+    ) -> SagaState:
+        """Append `events` at the version `state` was folded to, renewing this worker's
+        lease in the same transaction when `is_leased`; the state after them. Raises
+        LeaseLost (nothing appended) and the store's errors, as a lone append would."""
+        pending = _Record(state, events, metadata, is_leased)
+        self._queue.append(pending)
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_queued())
+        return await pending.done
+
+    async def close(self) -> None:
+        """Stop writing; records still queued fail with CancelledError."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+        for pending in self._queue:
+            if not pending.done.done():
+                pending.done.cancel()
+        self._queue.clear()
+
+    async def _write_queued(self) -> None:
+        """Write batches until the queue is empty (records queue up while one is written)."""
+        try:
+            while self._queue:
+                batch = self._queue[: self._max_batch]
+                del self._queue[: self._max_batch]
+                try:
+                    await self._write(batch)
+                except asyncio.CancelledError:
+                    for pending in batch:
+                        pending.done.cancel()
+                    raise
+                except Exception as error:  # the store is unreachable, say: each hears it
+                    for pending in batch:
+                        _settle(pending, error)
+        finally:
+            if self._writer is asyncio.current_task():
+                self._writer = None
+
+    async def _write(self, batch: Sequence[_Record]) -> None:
+        if len(batch) > 1:
+            try:
+                states = await self._together(batch)
+            except (ConcurrencyError, TransientConflict):
+                pass  # one of them met another writer: each alone, so only that one fails
+            else:
+                for pending, outcome in zip(batch, states, strict=True):
+                    _settle(pending, outcome)
+                return
+        for pending in batch:
+            try:
+                _settle(pending, (await self._together((pending,)))[0])
+            except (LeaseLost, ConcurrencyError, TransientConflict) as error:
+                _settle(pending, error)
+
+    async def _together(self, batch: Sequence[_Record]) -> list[SagaState | LeaseLost]:
+        """One transaction: renew the leases, append every record still under its lease.
+        A lone record whose lease is gone raises LeaseLost; in a batch it is only marked."""
+        leased = [pending.saga_id for pending in batch if pending.is_leased]
+        async with self._store.unit_of_work() as unit:
+            held = await self._renew(unit, leased)
+            results: list[SagaState | LeaseLost] = []
+            for pending in batch:
+                if pending.is_leased and pending.saga_id not in held:
+                    if len(batch) == 1:
+                        raise LeaseLost(pending.saga_id)
+                    results.append(LeaseLost(pending.saga_id))
+                    continue
+                results.append(await log.record(unit, self._definition, pending.state,
+                                                pending.events, pending.metadata))  # fmt: skip
+        metrics.saga_records_per_commit.observe(len(batch))
+        return results
+
+    async def _renew(self, unit: UnitOfWork, saga_ids: list[str]) -> set[str]:
+        if not saga_ids:
+            return set()
+        return await log.renew_leases(
+            unit.connection, self._store.schema, saga_ids, self._owner, self._lease_until()
+        )
+
+
+def _settle(pending: _Record, outcome: SagaState | Exception) -> None:
+    """Hand the record's outcome to its waiter (unless it stopped waiting)."""
+    if pending.done.done():
+        return
+    if isinstance(outcome, Exception):
+        pending.done.set_exception(outcome)
+    else:
+        pending.done.set_result(outcome)
