@@ -42,7 +42,7 @@ from eventstore.projections import (
     replay_estimate,
 )
 from eventstore.snapshots import Snapshot
-from eventstore.store import EventStore, UnitOfWork
+from eventstore.store import Append, EventStore, UnitOfWork
 from eventstore.subscriptions import Handler, Subscription
 from eventstore.tracking import (
     StoredResponse,
@@ -60,6 +60,7 @@ __all__ = [
     "NO_STREAM",
     "START",
     "STREAM_EXISTS",
+    "Append",
     "AppendOnlyViolation",
     "AppendResult",
     "ChainBreak",

@@ -7,6 +7,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import asyncpg
@@ -15,7 +16,7 @@ from eventstore import reads
 from eventstore._db import Connection
 from eventstore._translate import translated_errors
 from eventstore.announcer import Announcer
-from eventstore.errors import InvalidEvent, StreamNotFound
+from eventstore.errors import ConcurrencyError, InvalidEvent, StreamNotFound
 from eventstore.events import (
     ANY,
     START,
@@ -217,12 +218,59 @@ class UnitOfWork:
             self.connection, self.store.schema, stream_id, events, expected_version
         )
         if not result.is_duplicate:
-            for projection in self.store.inline_projections:
-                table = f"{self.store.schema}.{projection.table}"
-                for event in result.events:
-                    recorded = self.store.upcasters.upcast(event)
-                    await projection.apply(self.connection, table, recorded)
+            await self._project(result.events)
         return result
+
+    async def append_many(self, appends: Sequence[Append]) -> list[AppendResult]:
+        """Several streams' appends in one round trip (pipelined), in this transaction; each
+        has EventStore.append's contract. The first that fails raises, and the transaction
+        is then aborted: the caller rolls it back (a ConcurrencyError names its stream)."""
+        for append in appends:
+            _check_append(append.stream_id, append.events, append.expected_version)
+        if not appends:
+            return []
+        arguments = [
+            _arguments_of(append.stream_id, append.events, append.expected_version)
+            for append in appends
+        ]
+        try:
+            with translated_errors():
+                rows = await self.connection.fetchmany(_APPEND_SQL.format(schema=self.store.schema),
+                                                       arguments)  # fmt: skip
+        except ConcurrencyError as error:
+            raise _named(error, appends) from error.__cause__
+        results, start = [], 0
+        for append in appends:
+            end = start + len(append.events)
+            results.append(await _result_of(self.connection, self.store.schema, append.stream_id,
+                                            append.events, rows[start:end]))  # fmt: skip
+            start = end
+        await self._project([e for result in results if not result.is_duplicate
+                             for e in result.events])  # fmt: skip
+        return results
+
+    async def _project(self, events: Sequence[RecordedEvent]) -> None:
+        """Fold the appended events into every inline projection, in this transaction."""
+        if not events:
+            return
+        recorded = [self.store.upcasters.upcast(event) for event in events]
+        for projection in self.store.inline_projections:
+            table = f"{self.store.schema}.{projection.table}"
+            await projection.apply_batch(self.connection, table, recorded)
+
+
+@dataclass(frozen=True, slots=True)
+class Append:
+    """One stream's part of `UnitOfWork.append_many`."""
+
+    stream_id: str
+    events: Sequence[NewEvent]
+    expected_version: int = ANY
+
+
+_APPEND_SQL: Final = (
+    "select * from {schema}.append_events($1, $2, $3, $4, $5::jsonb[], $6::jsonb[], $7)"
+)
 
 
 async def _append_on(
@@ -233,6 +281,18 @@ async def _append_on(
     expected_version: int,
 ) -> AppendResult:
     _check_append(stream_id, events, expected_version)
+    with translated_errors(stream_id, expected_version):
+        rows = await connection.fetch(
+            _APPEND_SQL.format(schema=schema),
+            *_arguments_of(stream_id, events, expected_version),
+        )
+    return await _result_of(connection, schema, stream_id, events, rows)
+
+
+def _arguments_of(
+    stream_id: str, events: Sequence[NewEvent], expected_version: int
+) -> tuple[Any, ...]:
+    """`append_events`' arguments: the events' canonical JSON and hash-chain bodies."""
     ids, types, data, metadata, bodies = [], [], [], [], []
     for event in events:
         event_data = canonical_json(event.data)
@@ -244,15 +304,21 @@ async def _append_on(
         bodies.append(
             event_body(stream_id, event.event_id, event.event_type, event_data, event_metadata)
         )
-    with translated_errors(stream_id, expected_version):
-        rows = await connection.fetch(
-            f"select * from {schema}.append_events($1, $2, $3, $4, $5::jsonb[], $6::jsonb[], $7)",
-            stream_id, expected_version, ids, types, data, metadata, bodies,
-        )
+    return stream_id, expected_version, ids, types, data, metadata, bodies
+
+
+async def _result_of(
+    connection: Connection,
+    schema: str,
+    stream_id: str,
+    events: Sequence[NewEvent],
+    rows: Sequence[asyncpg.Record],
+) -> AppendResult:
+    """The append's result from `append_events`' rows (one per event)."""
     rows = sorted(rows, key=lambda row: row["stream_version"])
-    is_duplicate = rows[0]["is_duplicate"]
-    if is_duplicate:
-        with translated_errors(stream_id, expected_version):
+    if rows[0]["is_duplicate"]:
+        ids = [event.event_id for event in events]
+        with translated_errors(stream_id):
             stored = await reads.fetch_by_ids(connection, schema, ids)
         assert [event.event_id for event in stored] == ids, "a retry returns its own events"
         return AppendResult(stream_id, tuple(stored), is_duplicate=True)
@@ -265,6 +331,17 @@ async def _append_on(
         for row, event in zip(rows, events, strict=True)
     ]
     return AppendResult(stream_id, tuple(recorded), is_duplicate=False)
+
+
+def _named(error: ConcurrencyError, appends: Sequence[Append]) -> ConcurrencyError:
+    """`error` (from a pipelined batch, which does not say which append failed) with its
+    stream and expected version, found by the stream id in PostgreSQL's message."""
+    message = str(error.__cause__)
+    for append in appends:
+        if f"stream {append.stream_id} " in message:
+            return ConcurrencyError(append.stream_id, append.expected_version,
+                                    error.actual_version)  # fmt: skip
+    return error
 
 
 def _check_append(stream_id: str, events: Sequence[NewEvent], expected_version: int) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from eventstore import EventStore, NewEvent, Projection, RecordedEvent, UnitOfWork
+from eventstore import Append, EventStore, NewEvent, Projection, RecordedEvent, UnitOfWork
 from eventstore._db import Connection, Executor
 from saga.contracts import CATEGORY, SagaEvent, SagaRetried, SagaStatus, event_of, stream_of
 from saga.definition import SagaDefinition
@@ -76,6 +76,81 @@ class SagaRunsProjection(Projection):
             )  # fmt: skip
             return
         await _update_row(connection, table, saga_id, event)
+
+    async def apply_batch(
+        self, connection: Connection, table: str, events: Sequence[RecordedEvent]
+    ) -> None:
+        """Fold a page of events as `apply` would, with one update for every saga whose
+        events here only set columns (a group commit of the orchestrator, a rebuild's page);
+        a saga started here, or parked or retried (columns copied from the row), goes event
+        by event."""
+        by_saga: dict[str, list[RecordedEvent]] = {}
+        for event in events:
+            if event.category == CATEGORY:
+                by_saga.setdefault(event.stream_id[len(CATEGORY) + 1 :], []).append(event)
+        folded = []
+        for saga_id, its_events in by_saga.items():
+            if any(event.event_type in _ROW_BY_ROW for event in its_events):
+                for event in its_events:
+                    await self.apply(connection, table, event)
+            else:
+                folded.append(_FoldedRow.of(saga_id, its_events))
+        if folded:
+            await _update_rows(connection, table, folded)
+
+
+_ROW_BY_ROW: Final = frozenset({"SagaStarted", "SagaParked", "SagaRetried"})
+"""Saga events that `apply_batch` does not fold: an insert, or a column copied from the row."""
+
+
+@dataclass(frozen=True, slots=True)
+class _FoldedRow:
+    """A saga's consecutive events folded into the one update they add up to."""
+
+    saga_id: str
+    prior_version: int
+    version: int
+    updated_at: datetime
+    changes: dict[str, Any]
+
+    @classmethod
+    def of(cls, saga_id: str, events: Sequence[RecordedEvent]) -> _FoldedRow:
+        first, last = events[0], events[-1]
+        versions = [event.stream_version for event in events]
+        assert versions == list(range(first.stream_version, last.stream_version + 1)), versions
+        changes: dict[str, Any] = {}
+        for event in events:
+            changes.update(_changes(event))
+        assert not any(isinstance(value, _Column) for value in changes.values()), "foldable"
+        return cls(saga_id, first.stream_version - 1, last.stream_version, last.recorded_at,
+                   changes)  # fmt: skip
+
+
+async def _update_rows(connection: Connection, table: str, rows: Sequence[_FoldedRow]) -> None:
+    """Update many sagas' rows in one statement; each must be at its prior version."""
+    done = await connection.execute(
+        f"update {table} as r set version = u.version, updated_at = u.updated_at,"
+        " next_attempt_at = u.next_attempt_at, status = coalesce(u.status, r.status),"
+        " reason = case when u.sets_reason then u.reason else r.reason end,"
+        " last_error = case when u.sets_error then u.last_error else r.last_error end,"
+        " lease_owner = case when u.ends_lease then null else r.lease_owner end,"
+        " lease_until = case when u.ends_lease then null else r.lease_until end"
+        " from unnest($1::text[], $2::bigint[], $3::bigint[], $4::timestamptz[],"
+        "   $5::timestamptz[], $6::text[], $7::bool[], $8::text[], $9::bool[], $10::text[],"
+        "   $11::bool[])"
+        " as u(saga_id, prior_version, version, updated_at, next_attempt_at, status,"
+        "   sets_reason, reason, sets_error, last_error, ends_lease)"
+        " where r.saga_id = u.saga_id and r.version = u.prior_version",
+        [row.saga_id for row in rows], [row.prior_version for row in rows],
+        [row.version for row in rows], [row.updated_at for row in rows],
+        [row.changes["next_attempt_at"] for row in rows],
+        [row.changes.get("status") for row in rows],
+        ["reason" in row.changes for row in rows], [row.changes.get("reason") for row in rows],
+        ["last_error" in row.changes for row in rows],
+        [row.changes.get("last_error") for row in rows],
+        ["lease_owner" in row.changes for row in rows],
+    )  # fmt: skip
+    assert done == f"UPDATE {len(rows)}", f"saga_runs rows skipped an event: {done}"
 
 
 def _changes(event: RecordedEvent) -> dict[str, Any]:
@@ -178,10 +253,27 @@ async def record(
 ) -> SagaState:
     """Append `events` at the version `state` was folded to; raises ConcurrencyError when
     another writer appended first. Returns the state after them."""
-    await unit.append(stream_of(state.saga_id), new_events(events, metadata), state.version)
-    for event in events:
-        state = evolve(definition, state, event)
-    return state
+    return (await record_many(unit, definition, [(state, events, metadata)]))[0]
+
+
+async def record_many(
+    unit: UnitOfWork,
+    definition: SagaDefinition,
+    records: Sequence[tuple[SagaState, Sequence[SagaEvent], dict[str, Any]]],
+) -> list[SagaState]:
+    """`record` for several sagas in one round trip: each (state, events, metadata) appended
+    at the version its state was folded to. The first that meets another writer raises
+    ConcurrencyError, and the transaction must then be rolled back."""
+    await unit.append_many([
+        Append(stream_of(state.saga_id), new_events(events, metadata), state.version)
+        for state, events, metadata in records
+    ])  # fmt: skip
+    after = []
+    for state, events, _ in records:
+        for event in events:
+            state = evolve(definition, state, event)
+        after.append(state)
+    return after
 
 
 class NotParked(Exception):

@@ -140,22 +140,20 @@ class SagaRecorder:
                 _settle(pending, error)
 
     async def _together(self, batch: Sequence[_Record]) -> list[SagaState | LeaseLost]:
-        """One transaction: renew the leases, append every record still under its lease.
-        A lone record whose lease is gone raises LeaseLost; in a batch it is only marked."""
+        """One transaction: renew the leases, append every record still under its lease
+        (in one round trip). A lone record whose lease is gone raises LeaseLost; in a batch
+        it is only marked."""
         leased = [pending.saga_id for pending in batch if pending.is_leased]
         async with self._store.unit_of_work() as unit:
             held = await self._renew(unit, leased)
-            results: list[SagaState | LeaseLost] = []
-            for pending in batch:
-                if pending.is_leased and pending.saga_id not in held:
-                    if len(batch) == 1:
-                        raise LeaseLost(pending.saga_id)
-                    results.append(LeaseLost(pending.saga_id))
-                    continue
-                results.append(await log.record(unit, self._definition, pending.state,
-                                                pending.events, pending.metadata))  # fmt: skip
+            kept = [p for p in batch if _is_held(p, held)]
+            if not kept and len(batch) == 1:
+                raise LeaseLost(batch[0].saga_id)
+            states = iter(await log.record_many(
+                unit, self._definition, [(p.state, p.events, p.metadata) for p in kept]
+            ))  # fmt: skip
         metrics.saga_records_per_commit.observe(len(batch))
-        return results
+        return [next(states) if _is_held(p, held) else LeaseLost(p.saga_id) for p in batch]
 
     async def _renew(self, unit: UnitOfWork, saga_ids: list[str]) -> set[str]:
         if not saga_ids:
@@ -163,6 +161,11 @@ class SagaRecorder:
         return await log.renew_leases(
             unit.connection, self._store.schema, saga_ids, self._owner, self._lease_until()
         )
+
+
+def _is_held(pending: _Record, held: set[str]) -> bool:
+    """Whether the record may be appended: it needs no lease, or its lease was renewed."""
+    return not pending.is_leased or pending.saga_id in held
 
 
 def _settle(pending: _Record, outcome: SagaState | Exception) -> None:

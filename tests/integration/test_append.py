@@ -10,6 +10,7 @@ from eventstore import (
     ANY,
     NO_STREAM,
     STREAM_EXISTS,
+    Append,
     ConcurrencyError,
     Direction,
     DuplicateEventError,
@@ -158,6 +159,60 @@ async def test_a_failed_unit_of_work_appends_nothing(store: EventStore) -> None:
 
     assert await store.stream_version("account-1") == 0
     assert await store.stream_version("account-2") == 1
+
+
+async def test_append_many_appends_each_stream_as_its_own_append_would(
+    store: EventStore,
+) -> None:
+    await store.append("account-2", [opened("b")], NO_STREAM)
+    retried = [deposited(7)]
+    first = await store.append("account-3", retried, ANY)
+
+    async with store.unit_of_work() as unit:
+        results = await unit.append_many([
+            Append("account-1", [opened("a"), deposited(1)], NO_STREAM),
+            Append("account-2", [deposited(2)], 1),
+            Append("account-3", retried, ANY),  # a retry: the first append's result
+            Append("account-1", [deposited(3)], 2),  # the same stream again, after the first
+        ])  # fmt: skip
+
+    assert [(r.stream_id, r.version, r.is_duplicate) for r in results] == [
+        ("account-1", 2, False), ("account-2", 2, False), ("account-3", 1, True),
+        ("account-1", 3, False),
+    ]  # fmt: skip
+    assert results[2].events == first.events
+    assert [e.data for e in results[0].events] == [{"owner": "a", "currency": "USD"},
+                                                   {"amount_minor": 1}]  # fmt: skip
+    stored = await store.read_stream("account-1")
+    assert [(e.event_id, e.hash) for e in stored] == [
+        (e.event_id, e.hash) for e in (*results[0].events, *results[3].events)
+    ]
+    assert len({e.tx_id for r in (results[0], results[1], results[3]) for e in r.events}) == 1
+
+
+async def test_append_many_names_the_stream_that_met_another_writer(store: EventStore) -> None:
+    await store.append("account-2", [opened("b")], NO_STREAM)
+
+    with pytest.raises(ConcurrencyError) as raised:
+        async with store.unit_of_work() as unit:
+            await unit.append_many([
+                Append("account-1", [opened("a")], NO_STREAM),
+                Append("account-2", [opened("b")], NO_STREAM),
+            ])  # fmt: skip
+
+    assert (raised.value.stream_id, raised.value.expected_version) == ("account-2", NO_STREAM)
+    assert raised.value.actual_version == 1
+    assert await store.stream_version("account-1") == 0
+
+
+async def test_append_many_checks_every_append_before_it_writes(store: EventStore) -> None:
+    async with store.unit_of_work() as unit:
+        with pytest.raises(InvalidEvent):
+            await unit.append_many([
+                Append("account-1", [opened("a")], NO_STREAM), Append("account 2", [opened()]),
+            ])  # fmt: skip
+
+    assert await store.stream_version("account-1") == 0
 
 
 async def test_read_stream_walks_forward_and_backward(store: EventStore) -> None:

@@ -1,0 +1,130 @@
+"""Property: `saga_runs` folded a page at a time (`apply_batch`: the orchestrator's group
+commit, a rebuild's pages) is row for row what applying each event alone gives, whatever
+the sagas' histories, their interleaving, the page breaks and the leases taken between."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from eventstore import RecordedEvent
+from eventstore._db import Executor
+from saga.contracts import CATEGORY
+from saga.log import SagaRunsProjection
+
+EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+STEP_EVENTS = [
+    "StepStarted", "StepSucceeded", "StepRefused", "StepFailed", "SagaCompensating",
+    "SagaParked", "SagaRetried", "SagaCompleted", "SagaRejected", "SagaFailed",
+]  # fmt: skip
+PROJECTION = SagaRunsProjection()
+
+
+def data_of(event_type: str, n: int) -> dict[str, Any]:
+    """Event data with what `saga_runs` reads of each type (`n` makes values differ)."""
+    match event_type:
+        case "SagaStarted":
+            return {"kind": "transfer"}
+        case "StepFailed":
+            return {"error": f"timeout {n}", "retry_at": (EPOCH + timedelta(seconds=n)).isoformat()}
+        case "SagaParked":
+            return {"error": f"stuck {n}", "step": "void"}
+        case "SagaCompensating":
+            return {"reason": f"refused {n}"}
+        case "SagaRejected" | "SagaFailed":
+            return {"reason": f"reason {n}"}
+    return {}
+
+
+def valid(types: list[str]) -> list[str]:
+    """A history `saga_runs` can hold: a retry only of a parked saga."""
+    kept, is_parked = [], False
+    for event_type in types:
+        if event_type == "SagaRetried" and not is_parked:
+            continue
+        is_parked = event_type == "SagaParked" or (is_parked and event_type != "SagaRetried")
+        kept.append(event_type)
+    return kept
+
+
+histories = st.lists(
+    st.lists(st.sampled_from(STEP_EVENTS), max_size=8).map(valid), min_size=1, max_size=6
+)
+
+
+@st.composite
+def programs(draw: st.DrawFn) -> tuple[list[RecordedEvent], list[int], set[int]]:
+    """Every saga's events, interleaved in one commit order; page sizes; where leases are
+    taken (after which pages)."""
+    sagas = draw(histories)
+    queues = [["SagaStarted", *types] for types in sagas]
+    order = draw(st.permutations([i for i, q in enumerate(queues) for _ in q]))
+    versions = [0] * len(queues)
+    ids = [str(uuid.uuid4()) for _ in queues]
+    events = []
+    for position, saga in enumerate(order, start=1):
+        event_type = queues[saga][versions[saga]]
+        versions[saga] += 1
+        events.append(RecordedEvent(
+            position, f"{CATEGORY}-{ids[saga]}", versions[saga], uuid.uuid4(), event_type,
+            data_of(event_type, position), {}, EPOCH + timedelta(milliseconds=position), 1,
+            b"", b"",
+        ))  # fmt: skip
+    pages = draw(st.lists(st.integers(1, 8), min_size=1, max_size=len(events)))
+    leases = set(draw(st.lists(st.integers(0, len(pages)), max_size=4)))
+    return events, pages, leases
+
+
+@pytest.fixture(scope="module")
+async def tables(pool: asyncpg.Pool) -> AsyncIterator[tuple[str, str]]:
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    await pool.execute(f"create schema {schema}")
+    one, folded = f"{schema}.one_by_one", f"{schema}.folded"
+    for table in (one, folded):
+        await pool.execute(PROJECTION.create_sql(table))
+    yield one, folded
+    await pool.execute(f"drop schema {schema} cascade")
+
+
+async def take_leases(connection: Executor, table: str, page: int) -> None:
+    await connection.execute(
+        f"update {table} set lease_owner = $1, lease_until = $2", f"worker-{page}", EPOCH
+    )
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(program=programs())
+async def test_folded_pages_equal_one_event_at_a_time(
+    pool: asyncpg.Pool,
+    tables: tuple[str, str],
+    program: tuple[list[RecordedEvent], list[int], set[int]],
+) -> None:
+    events, pages, leases = program
+    one, folded = tables
+    async with pool.acquire() as connection:
+        await connection.execute(f"truncate {one}, {folded}")
+        start = 0
+        for page, size in enumerate([*pages, len(events)]):
+            if page in leases:
+                await take_leases(connection, one, page)
+                await take_leases(connection, folded, page)
+            chunk = events[start : start + size]
+            start += size
+            for event in chunk:
+                await PROJECTION.apply(connection, one, event)
+            await PROJECTION.apply_batch(connection, folded, chunk)
+        assert start >= len(events)
+
+        differing = await connection.fetch(
+            f"select to_jsonb(a) as one, to_jsonb(b) as folded from {one} a"
+            f" full join {folded} b using (saga_id)"
+            " where to_jsonb(a) is distinct from to_jsonb(b)"
+        )
+    assert [dict(row) for row in differing] == []
