@@ -41,7 +41,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import asyncpg
 import orjson
@@ -49,6 +49,7 @@ import orjson
 from eventstore import START, EventStore, NewEvent, Position
 from eventstore.hashing import canonical_json, event_body
 
+T = TypeVar("T")
 DSN_ENV: Final = "LEDGER_BENCH_DATABASE_URL"
 EVENT_TYPE: Final = "FundsDeposited"
 GOAL_RATIO: Final = 0.6
@@ -431,22 +432,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def on_postgres(dsn: str | None, run: Callable[[str], Coroutine[Any, Any, T]]) -> T:
+    """`run(dsn)` to the end; without a DSN, on an embedded PostgreSQL in a temporary
+    directory, removed afterwards (needs the `embedded` extra)."""
+    if dsn:
+        return asyncio.run(run(dsn))
+    from ledger.embedded import EmbeddedPostgres
+
+    data_dir = Path(tempfile.mkdtemp(prefix="ledger-bench-pg-"))
+    server = EmbeddedPostgres(data_dir)
+    try:
+        log(f"starting an embedded PostgreSQL in {data_dir}")
+        return asyncio.run(run(server.start()))
+    finally:
+        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.dsn:
-        figures = asyncio.run(benchmark(args, args.dsn))
-    else:
-        from ledger.embedded import EmbeddedPostgres
-
-        data_dir = Path(tempfile.mkdtemp(prefix="ledger-bench-pg-"))
-        server = EmbeddedPostgres(data_dir)
-        try:
-            log(f"starting an embedded PostgreSQL in {data_dir}")
-            figures = asyncio.run(benchmark(args, server.start()))
-        finally:
-            server.stop()
-            shutil.rmtree(data_dir, ignore_errors=True)
-    report(figures)
+    report(on_postgres(args.dsn, lambda dsn: benchmark(args, dsn)))
 
 
 if __name__ == "__main__":

@@ -25,19 +25,16 @@ import argparse
 import asyncio
 import os
 import secrets
-import shutil
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Final
 
 import asyncpg
-from eventstore_append import backend_pids, server_cpu_seconds
+from eventstore_append import backend_pids, on_postgres, server_cpu_seconds
 
 from eventstore import NO_STREAM, EventStore
 from ledger import metrics
@@ -235,20 +232,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.dsn:
-        figures = asyncio.run(benchmark(args, args.dsn))
-    else:
-        from ledger.embedded import EmbeddedPostgres
-
-        data_dir = Path(tempfile.mkdtemp(prefix="ledger-bench-pg-"))
-        server = EmbeddedPostgres(data_dir)
-        try:
-            progress(f"starting an embedded PostgreSQL in {data_dir}")
-            figures = asyncio.run(benchmark(args, server.start()))
-        finally:
-            server.stop()
-            shutil.rmtree(data_dir, ignore_errors=True)
-    report(figures)
+    report(on_postgres(args.dsn, lambda dsn: benchmark(args, dsn)))
 
 
 if __name__ == "__main__":
