@@ -333,15 +333,26 @@ async def _result_of(
     return AppendResult(stream_id, tuple(recorded), is_duplicate=False)
 
 
+_REFUSED_APPEND: Final = re.compile(
+    r"^stream (\S+) (?:is at version -?\d+, expected (-?\d+)|does not exist)"
+)
+"""`append_events`' message for a version mismatch (stream ids hold no spaces)."""
+
+
 def _named(error: ConcurrencyError, appends: Sequence[Append]) -> ConcurrencyError:
     """`error` (from a pipelined batch, which does not say which append failed) with its
-    stream and expected version, found by the stream id in PostgreSQL's message."""
-    message = str(error.__cause__)
-    for append in appends:
-        if f"stream {append.stream_id} " in message:
-            return ConcurrencyError(append.stream_id, append.expected_version,
-                                    error.actual_version)  # fmt: skip
-    return error
+    stream and expected version, read from PostgreSQL's message."""
+    cause = error.__cause__
+    found = _REFUSED_APPEND.match(getattr(cause, "message", "") or str(cause))
+    if found is None:
+        return error
+    stream_id, expected = found.group(1), found.group(2)
+    if expected is None:  # the stream does not exist: the first append that needed it
+        expected_versions = [a.expected_version for a in appends if a.stream_id == stream_id]
+        if not expected_versions:
+            return error
+        expected = expected_versions[0]
+    return ConcurrencyError(stream_id, int(expected), error.actual_version)
 
 
 def _check_append(stream_id: str, events: Sequence[NewEvent], expected_version: int) -> None:

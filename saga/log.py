@@ -115,6 +115,7 @@ class _FoldedRow:
 
     @classmethod
     def of(cls, saga_id: str, events: Sequence[RecordedEvent]) -> _FoldedRow:
+        """The fold of `events`, one saga's consecutive events, none of `_ROW_BY_ROW`."""
         first, last = events[0], events[-1]
         versions = [event.stream_version for event in events]
         assert versions == list(range(first.stream_version, last.stream_version + 1)), versions

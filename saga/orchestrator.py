@@ -137,8 +137,10 @@ class Orchestrator:
         finally:
             for task in in_flight:
                 task.cancel()
-            await asyncio.gather(*in_flight, return_exceptions=True)
-            await self._recorder.close()
+            try:
+                await asyncio.gather(*in_flight, return_exceptions=True)
+            finally:
+                await self._recorder.close()
 
     async def _wait_for_due(self, seen: int) -> None:
         """Until the saga log changes after generation `seen`, or the poll interval passed."""
@@ -247,6 +249,7 @@ class Orchestrator:
             raise LeaseLost(saga_id)
 
     def _lease_until(self) -> datetime:
+        """The end of a lease renewed now."""
         return self._clock() + timedelta(seconds=self._settings.saga_lease_s)
 
     async def _perform(self, state: SagaState, send: Send) -> tuple[SagaEvent, ...]:

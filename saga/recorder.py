@@ -9,21 +9,22 @@ a quiet orchestrator waits for nothing (docs/saga-group-commit.md).
 
 Each record still keeps its own contract: it is in the log when `record` returns, at the
 version its state was folded to, and under this worker's lease when it holds one. A record
-whose lease is gone fails alone with `LeaseLost`. When one append of a batch meets another
-writer, the transaction rolls back whole and each record is tried again on its own, so only
-the one that met the other writer fails, with the error it would have had alone.
+whose lease is gone fails alone with `LeaseLost`. When a batch's transaction fails for any
+other reason than an unreachable store (one append met another writer, say), it rolls back
+whole and each record is tried again on its own, so only the one at fault fails, with the
+error it would have had alone.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Sequence
+from contextvars import Context
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
-from eventstore import ConcurrencyError, EventStore, TransientConflict, UnitOfWork
+from eventstore import EventStore, StoreUnavailable, UnitOfWork
 from ledger import metrics
 from saga import log
 from saga.contracts import SagaEvent
@@ -40,6 +41,8 @@ class LeaseLost(Exception):
 
 @dataclass(slots=True)
 class _Record:
+    """One saga's record waiting for its transaction, and the future its waiter awaits."""
+
     state: SagaState
     events: tuple[SagaEvent, ...]
     metadata: dict[str, Any]
@@ -89,54 +92,62 @@ class SagaRecorder:
         pending = _Record(state, events, metadata, is_leased)
         self._queue.append(pending)
         if self._writer is None:
-            self._writer = asyncio.create_task(self._write_queued())
+            # A context of its own: the writer serves every saga, not the one that woke it.
+            self._writer = asyncio.create_task(self._write_queued(), context=Context())
         return await pending.done
 
     async def close(self) -> None:
-        """Stop writing; records still queued fail with CancelledError."""
+        """Cancel the writer and every record waiting (a transaction in flight rolls back).
+        The recorder stays usable: a later `record` starts a new writer."""
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
-        for pending in self._queue:
-            if not pending.done.done():
-                pending.done.cancel()
+            await asyncio.wait({writer})
+        _cancel(self._queue)
         self._queue.clear()
 
     async def _write_queued(self) -> None:
         """Write batches until the queue is empty (records queue up while one is written)."""
         try:
             while self._queue:
-                batch = self._queue[: self._max_batch]
+                batch = [p for p in self._queue[: self._max_batch] if not p.done.cancelled()]
                 del self._queue[: self._max_batch]
                 try:
                     await self._write(batch)
                 except asyncio.CancelledError:
-                    for pending in batch:
-                        pending.done.cancel()
+                    _cancel(batch)
                     raise
-                except Exception as error:  # the store is unreachable, say: each hears it
+                except Exception as error:  # the store is unreachable: each waiter hears it
                     for pending in batch:
                         _settle(pending, error)
+        except asyncio.CancelledError:
+            _cancel(self._queue)  # no writer is left to write them
+            self._queue.clear()
+            raise
         finally:
             if self._writer is asyncio.current_task():
                 self._writer = None
 
     async def _write(self, batch: Sequence[_Record]) -> None:
+        """The batch in one transaction; when that fails for anything but an unreachable
+        store, each record in one of its own, so that only the one at fault fails."""
         if len(batch) > 1:
             try:
-                states = await self._together(batch)
-            except (ConcurrencyError, TransientConflict):
-                pass  # one of them met another writer: each alone, so only that one fails
+                outcomes = await self._together(batch)
+            except StoreUnavailable:
+                raise
+            except Exception:  # another writer, say: each record alone finds which one
+                pass
             else:
-                for pending, outcome in zip(batch, states, strict=True):
+                for pending, outcome in zip(batch, outcomes, strict=True):
                     _settle(pending, outcome)
                 return
         for pending in batch:
             try:
                 _settle(pending, (await self._together((pending,)))[0])
-            except (LeaseLost, ConcurrencyError, TransientConflict) as error:
+            except StoreUnavailable:
+                raise
+            except Exception as error:
                 _settle(pending, error)
 
     async def _together(self, batch: Sequence[_Record]) -> list[SagaState | LeaseLost]:
@@ -152,15 +163,24 @@ class SagaRecorder:
             states = iter(await log.record_many(
                 unit, self._definition, [(p.state, p.events, p.metadata) for p in kept]
             ))  # fmt: skip
-        metrics.saga_records_per_commit.observe(len(batch))
+        if kept:
+            metrics.saga_records_per_commit.observe(len(kept))
         return [next(states) if _is_held(p, held) else LeaseLost(p.saga_id) for p in batch]
 
     async def _renew(self, unit: UnitOfWork, saga_ids: list[str]) -> set[str]:
+        """Renew this worker's leases on `saga_ids` in `unit`; the ids it still holds."""
         if not saga_ids:
             return set()
         return await log.renew_leases(
             unit.connection, self._store.schema, saga_ids, self._owner, self._lease_until()
         )
+
+
+def _cancel(records: Sequence[_Record]) -> None:
+    """Tell the waiters of `records` that they will not be written by this writer."""
+    for pending in records:
+        if not pending.done.done():
+            pending.done.cancel()
 
 
 def _is_held(pending: _Record, held: set[str]) -> bool:

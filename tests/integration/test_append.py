@@ -204,6 +204,19 @@ async def test_append_many_names_the_stream_that_met_another_writer(store: Event
     assert raised.value.actual_version == 1
     assert await store.stream_version("account-1") == 0
 
+    with pytest.raises(ConcurrencyError) as raised:
+        async with store.unit_of_work() as unit:
+            await unit.append_many([
+                Append("account-2", [deposited(1)], 1), Append("account-2", [deposited(2)], 1),
+            ])  # fmt: skip
+    assert (raised.value.stream_id, raised.value.expected_version) == ("account-2", 1)
+    assert raised.value.actual_version == 2
+
+    with pytest.raises(ConcurrencyError) as raised:
+        async with store.unit_of_work() as unit:
+            await unit.append_many([Append("account-9", [opened()], STREAM_EXISTS)])
+    assert (raised.value.stream_id, raised.value.expected_version) == ("account-9", STREAM_EXISTS)
+
 
 async def test_append_many_checks_every_append_before_it_writes(store: EventStore) -> None:
     async with store.unit_of_work() as unit:

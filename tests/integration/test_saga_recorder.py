@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from eventstore import NO_STREAM, ConcurrencyError, EventStore
+from eventstore import NO_STREAM, ConcurrencyError, EventStore, InvalidEvent
 from saga import log
 from saga.contracts import SagaStarted, StepStarted, stream_of
 from saga.definition import SETTLE_LEGS
@@ -126,20 +126,35 @@ async def test_a_record_at_a_stale_version_fails_alone(saga_store: EventStore) -
     assert await saga_store.stream_version(stream_of(stale.saga_id)) == 2
 
 
-async def test_a_closed_recorder_leaves_no_record_half_written(saga_store: EventStore) -> None:
+async def test_a_record_the_store_refuses_fails_alone(saga_store: EventStore) -> None:
+    states = await leased_sagas(saga_store, 5)
+    recorder = recorder_of(saga_store)
+
+    outcomes = await asyncio.gather(
+        *(recorder.record(state, () if i == 1 else step_started(), {}, is_leased=True)
+          for i, state in enumerate(states)),
+        return_exceptions=True,
+    )  # fmt: skip
+
+    assert isinstance(outcomes[1], InvalidEvent)
+    assert all(isinstance(o, SagaState) and o.version == 2 for i, o in enumerate(outcomes)
+               if i != 1)  # fmt: skip
+
+
+async def test_closing_cancels_the_queued_records_and_writes_none(
+    saga_store: EventStore,
+) -> None:
     states = await leased_sagas(saga_store, 10)
     recorder = recorder_of(saga_store)
     waiting = [asyncio.create_task(recorder.record(state, step_started(), {}, is_leased=True))
                for state in states]  # fmt: skip
-    await asyncio.sleep(0)  # all queued, the first batch under way
+    await asyncio.sleep(0)  # every record queued; the writer they started has not run yet
 
     await recorder.close()
     outcomes = await asyncio.gather(*waiting, return_exceptions=True)
 
-    written = await transactions_of(saga_store, states)
-    for state, outcome in zip(states, outcomes, strict=True):
-        if isinstance(outcome, SagaState):
-            assert stream_of(state.saga_id) in written
-        else:
-            assert isinstance(outcome, asyncio.CancelledError), outcome
-            assert stream_of(state.saga_id) not in written
+    assert all(isinstance(outcome, asyncio.CancelledError) for outcome in outcomes), outcomes
+    assert await transactions_of(saga_store, states) == {}
+    # Closed is not dead: the next record starts a writer of its own.
+    again = await recorder.record(states[0], step_started(), {}, is_leased=True)
+    assert again.version == 2
