@@ -29,7 +29,7 @@ USAGE_ERROR_EXIT: int = 2
 def main() -> None:
     """Entry point of the `ledger` console script: an error is one line on stderr."""
     try:
-        code = app(standalone_mode=False)
+        code = app(standalone_mode=False, prog_name="ledger")
     except typer.Abort:
         print("ledger: aborted", file=sys.stderr)
         sys.exit(1)
