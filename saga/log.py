@@ -19,7 +19,7 @@ from eventstore import Append, EventStore, NewEvent, Projection, RecordedEvent, 
 from eventstore._db import Connection, Executor
 from saga.contracts import CATEGORY, SagaEvent, SagaRetried, SagaStatus, event_of, stream_of
 from saga.definition import SagaDefinition
-from saga.state import SagaState, evolve, fold
+from saga.state import SagaState, evolve_all, fold
 
 RUNS_TABLE: Final = "saga_runs"
 _PAGE_EVENTS: Final = 1_000
@@ -269,12 +269,7 @@ async def record_many(
         Append(stream_of(state.saga_id), new_events(events, metadata), state.version)
         for state, events, metadata in records
     ])  # fmt: skip
-    after = []
-    for state, events, _ in records:
-        for event in events:
-            state = evolve(definition, state, event)
-        after.append(state)
-    return after
+    return [evolve_all(definition, state, events) for state, events, _ in records]
 
 
 class NotParked(Exception):

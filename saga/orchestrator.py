@@ -44,7 +44,7 @@ from saga.state import (
     Unanswered,
     Wait,
     after_outcome,
-    evolve,
+    evolve_all,
     next_action,
 )
 from trade_service.contracts import TradeRequested, TransferRequested
@@ -226,7 +226,7 @@ class Orchestrator:
                         break
                     case Record():
                         pending += action.events
-                        state = _evolved(self._definition, state, action.events)
+                        state = evolve_all(self._definition, state, action.events)
                     case Send():
                         if action.is_recorded:  # a resend: its StepStarted is in the log
                             await self._renew(saga_id)
@@ -237,7 +237,7 @@ class Orchestrator:
                             pending = ()
                         events = await self._perform(state, action)
                         pending += events
-                        state = _evolved(self._definition, state, events)
+                        state = evolve_all(self._definition, state, events)
             if pending:
                 await self._record(recorded, pending)
         return action.until if isinstance(action, Wait) else None
@@ -287,14 +287,6 @@ class Orchestrator:
             state, events, context.current().as_metadata(),
             is_leased=state.saga_id in self._leased,
         )  # fmt: skip
-
-
-def _evolved(
-    definition: SagaDefinition, state: SagaState, events: tuple[SagaEvent, ...]
-) -> SagaState:
-    for event in events:
-        state = evolve(definition, state, event)
-    return state
 
 
 async def start_saga(

@@ -152,14 +152,11 @@ class SagaRecorder:
 
     async def _together(self, batch: Sequence[_Record]) -> list[SagaState | LeaseLost]:
         """One transaction: renew the leases, append every record still under its lease
-        (in one round trip). A lone record whose lease is gone raises LeaseLost; in a batch
-        it is only marked."""
+        (in one round trip); a record whose lease is gone comes back as LeaseLost."""
         leased = [pending.saga_id for pending in batch if pending.is_leased]
         async with self._store.unit_of_work() as unit:
             held = await self._renew(unit, leased)
             kept = [p for p in batch if _is_held(p, held)]
-            if not kept and len(batch) == 1:
-                raise LeaseLost(batch[0].saga_id)
             states = iter(await log.record_many(
                 unit, self._definition, [(p.state, p.events, p.metadata) for p in kept]
             ))  # fmt: skip

@@ -125,15 +125,21 @@ def evolve(definition: SagaDefinition, state: SagaState, event: SagaEvent) -> Sa
     raise AssertionError(f"a saga never records {event!r}")
 
 
+def evolve_all(
+    definition: SagaDefinition, state: SagaState, events: Iterable[SagaEvent]
+) -> SagaState:
+    """The state after `events`, in order."""
+    for event in events:
+        state = evolve(definition, state, event)
+    return state
+
+
 def fold(definition: SagaDefinition, events: Iterable[SagaEvent]) -> SagaState:
     """The state of a saga from its whole log (the first event is SagaStarted)."""
     iterator = iter(events)
     first = next(iterator)
     assert isinstance(first, SagaStarted), "a saga's log starts with SagaStarted"
-    state = started(first)
-    for event in iterator:
-        state = evolve(definition, state, event)
-    return state
+    return evolve_all(definition, started(first), iterator)
 
 
 # --- what to do next ----------------------------------------------------------------------
