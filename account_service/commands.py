@@ -2,22 +2,27 @@
 
     register_commands(service, assets)   # subjects account.reserve, account.post, account.void
 
-Each handler runs in the command helper's unit of work (one transaction, the reply recorded
-with the effect, a repeated `command_id` answered from the record). A handler locks the
-accounts it touches in account id order, so that concurrent commands over the same accounts
-queue instead of failing on a version conflict, and never deadlock. An account appearing in
-several legs is loaded once, each leg is decided against the state the earlier legs left,
-and its events are appended once. A domain refusal becomes a `CommandRefused` with the
-error's `code`, which rolls the whole command back: all legs or none.
+Each endpoint decides a batch of commands (those that queued up while the last batch was
+served) in the command helper's unit of work: one transaction, the replies recorded with the
+effects, a repeated `command_id` answered from the record (docs/command-batching.md). The
+batch locks every account it touches in account id order, in one statement, so that
+concurrent batches over the same accounts queue instead of failing on a version conflict,
+and never deadlock. An account is loaded once, each command and each leg is decided against
+the state the earlier ones left, and the account's events are appended once. A domain
+refusal becomes a `CommandRefused` with the error's `code`, which undoes that command's
+decisions: all its legs or none. `reserve_legs`, `post_legs` and `void_legs` are the same
+handlers for one command, which raise the refusal.
 
 An account's state knows only its open holds; how the others ended (posted, voided, or
 cancelled by a void that arrived before its reserve) is read from the inline `holds` table
-after the accounts are locked, and handed to the domain's decisions.
+after the accounts are locked, followed through the batch's own decisions, and handed to
+the domain's decisions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from types import MappingProxyType
 from typing import Any, Final
@@ -25,6 +30,9 @@ from typing import Any, Final
 from account_service import repository
 from account_service.contracts import (
     AccountEvent,
+    HoldCancelled,
+    HoldPlaced,
+    HoldPosted,
     HoldSide,
     HoldVoided,
     Leg,
@@ -50,8 +58,15 @@ from account_service.domain import (
     post_hold,
     void_hold,
 )
-from eventstore import UnitOfWork
-from ledger.commands import CommandRefused, CommandService
+from account_service.events import to_new_event
+from eventstore import NewEvent, UnitOfWork
+from ledger.commands import (
+    CommandRefused,
+    CommandService,
+    Incoming,
+    decide_each,
+    one_at_a_time,
+)
 from ledger.money import AmountError, Assets
 
 RESERVE: Final = "reserve"
@@ -61,14 +76,17 @@ _SIDES: Final = (HoldSide.DEBIT, HoldSide.CREDIT)
 
 
 def register_commands(service: CommandService, assets: Assets) -> None:
-    """Serve `reserve`, `post` and `void` on `service` (subjects `<service name>.<command>`)."""
+    """Serve `reserve`, `post` and `void` on `service` (subjects `<service name>.<command>`),
+    each deciding the commands that queue up together in one transaction."""
 
-    async def reserve(command: ReserveLegs, unit: UnitOfWork) -> LegsDone:
-        return await reserve_legs(command, unit, assets)
+    async def reserve(
+        batch: Sequence[Incoming[ReserveLegs]], unit: UnitOfWork
+    ) -> list[LegsDone | CommandRefused]:
+        return await reserve_batch(batch, unit, assets)
 
-    service.command(RESERVE, ReserveLegs, LegsDone)(reserve)
-    service.command(POST, PostLegs, LegsDone)(post_legs)
-    service.command(VOID, VoidLegs, LegsDone)(void_legs)
+    service.batch_command(RESERVE, ReserveLegs, LegsDone)(reserve)
+    service.batch_command(POST, PostLegs, LegsDone)(post_batch)
+    service.batch_command(VOID, VoidLegs, LegsDone)(void_batch)
 
 
 async def reserve_legs(command: ReserveLegs, unit: UnitOfWork, assets: Assets) -> LegsDone:
@@ -80,19 +98,7 @@ async def reserve_legs(command: ReserveLegs, unit: UnitOfWork, assets: Assets) -
     or cancelled, `hold_conflict`, ...). A hold already open on the same terms is a retry
     and is left as it is.
     """
-    _check_legs(command.legs, assets)
-    accounts = await _Accounts.load(unit, _accounts_of(command.legs))
-    ended = await _ended_holds(unit, command.transfer_id, command.legs)
-    placed: list[str] = []
-    for leg in command.legs:
-        for side in _SIDES:
-            hold = _hold_of(command.transfer_id, leg, side)
-            account_id = _account_on(leg, side)
-            accounts.decide(account_id, leg, partial(place_hold, hold=hold, currency=leg.currency,
-                                                     ended=ended))
-            placed.append(hold.hold_id)
-    await accounts.save()
-    return LegsDone(transfer_id=command.transfer_id, hold_ids=tuple(placed))
+    return await one_at_a_time(partial(reserve_batch, assets=assets))(command, unit)
 
 
 async def post_legs(command: PostLegs, unit: UnitOfWork) -> LegsDone:
@@ -103,21 +109,7 @@ async def post_legs(command: PostLegs, unit: UnitOfWork) -> LegsDone:
     for one never placed, `hold_conflict` when the open hold's amount is not the leg's or
     its id is on another account, `unknown_account`.
     """
-    _check_distinct(command.legs)
-    accounts = await _Accounts.load(unit, _accounts_of(command.legs))
-    ended = await _ended_holds(unit, command.transfer_id, command.legs)
-    posted: list[str] = []
-    for leg in command.legs:
-        for side in _SIDES:
-            account_id = _account_on(leg, side)
-            id_of_hold = hold_id(command.transfer_id, leg.leg_id, side)
-            hold = accounts.state(account_id).open_holds.get(id_of_hold)
-            if hold is not None:
-                _check_terms(hold, leg, account_id)
-            accounts.decide(account_id, leg, partial(post_hold, hold_id=id_of_hold, ended=ended))
-            posted.append(id_of_hold)
-    await accounts.save()
-    return LegsDone(transfer_id=command.transfer_id, hold_ids=tuple(posted))
+    return await one_at_a_time(post_batch)(command, unit)
 
 
 async def void_legs(command: VoidLegs, unit: UnitOfWork) -> LegsDone:
@@ -130,52 +122,148 @@ async def void_legs(command: VoidLegs, unit: UnitOfWork) -> LegsDone:
     released. Raises CommandRefused `hold_posted` when a hold was posted: past the pivot,
     money is never unposted; `hold_conflict` for a hold id on another account than the leg's.
     """
-    _check_distinct(command.legs)
-    accounts = await _Accounts.load(unit, _accounts_of(command.legs), missing_ok=True)
-    ended = await _ended_holds(unit, command.transfer_id, command.legs)
-    voided: list[str] = []
-    for leg in command.legs:
-        for side in _SIDES:
-            account_id = _account_on(leg, side)
-            if not accounts.exists(account_id):
-                continue
-            id_of_hold = hold_id(command.transfer_id, leg.leg_id, side)
-            decision = partial(void_hold, hold_id=id_of_hold, side=side,
-                               transfer_id=command.transfer_id, ended=ended)
-            if any(isinstance(e, HoldVoided) for e in accounts.decide(account_id, leg, decision)):
-                voided.append(id_of_hold)
-    await accounts.save()
-    return LegsDone(transfer_id=command.transfer_id, hold_ids=tuple(voided))
+    return await one_at_a_time(void_batch)(command, unit)
 
 
-class _Accounts:
-    """The accounts of one command: locked, loaded once, evolved leg by leg, saved once."""
+async def reserve_batch(
+    batch: Sequence[Incoming[ReserveLegs]], unit: UnitOfWork, assets: Assets
+) -> list[LegsDone | CommandRefused]:
+    """`reserve_legs` of many commands, decided one after another on the accounts as the
+    earlier ones left them, and saved together."""
+    book = await _Book.load(unit, [incoming.command for incoming in batch])
 
-    def __init__(self, unit: UnitOfWork, loaded: dict[str, AccountState]) -> None:
+    def reserve(command: ReserveLegs) -> LegsDone:
+        _check_legs(command.legs, assets)
+        with book.staged():
+            book.require(_accounts_of(command.legs))
+            ended = book.ended(command.transfer_id, command.legs)
+            placed: list[str] = []
+            for leg in command.legs:
+                for side in _SIDES:
+                    hold = _hold_of(command.transfer_id, leg, side)
+                    book.decide(_account_on(leg, side), leg, partial(
+                        place_hold, hold=hold, currency=leg.currency, ended=ended
+                    ))  # fmt: skip
+                    placed.append(hold.hold_id)
+        return LegsDone(transfer_id=command.transfer_id, hold_ids=tuple(placed))
+
+    results = decide_each(batch, reserve)
+    await book.save()
+    return results
+
+
+async def post_batch(
+    batch: Sequence[Incoming[PostLegs]], unit: UnitOfWork
+) -> list[LegsDone | CommandRefused]:
+    """`post_legs` of many commands, decided in turn and saved together."""
+    book = await _Book.load(unit, [incoming.command for incoming in batch])
+
+    def post(command: PostLegs) -> LegsDone:
+        _check_distinct(command.legs)
+        with book.staged():
+            book.require(_accounts_of(command.legs))
+            ended = book.ended(command.transfer_id, command.legs)
+            posted: list[str] = []
+            for leg in command.legs:
+                for side in _SIDES:
+                    account_id = _account_on(leg, side)
+                    id_of_hold = hold_id(command.transfer_id, leg.leg_id, side)
+                    hold = book.state(account_id).open_holds.get(id_of_hold)
+                    if hold is not None:
+                        _check_terms(hold, leg, account_id)
+                    book.decide(account_id, leg,
+                                partial(post_hold, hold_id=id_of_hold, ended=ended))
+                    posted.append(id_of_hold)
+        return LegsDone(transfer_id=command.transfer_id, hold_ids=tuple(posted))
+
+    results = decide_each(batch, post)
+    await book.save()
+    return results
+
+
+async def void_batch(
+    batch: Sequence[Incoming[VoidLegs]], unit: UnitOfWork
+) -> list[LegsDone | CommandRefused]:
+    """`void_legs` of many commands, decided in turn and saved together."""
+    book = await _Book.load(unit, [incoming.command for incoming in batch])
+
+    def void(command: VoidLegs) -> LegsDone:
+        _check_distinct(command.legs)
+        with book.staged():
+            ended = book.ended(command.transfer_id, command.legs)
+            voided: list[str] = []
+            for leg in command.legs:
+                for side in _SIDES:
+                    account_id = _account_on(leg, side)
+                    if not book.exists(account_id):
+                        continue
+                    id_of_hold = hold_id(command.transfer_id, leg.leg_id, side)
+                    decision = partial(void_hold, hold_id=id_of_hold, side=side,
+                                       transfer_id=command.transfer_id, ended=ended)
+                    events = book.decide(account_id, leg, decision)
+                    if any(isinstance(e, HoldVoided) for e in events):
+                        voided.append(id_of_hold)
+        return LegsDone(transfer_id=command.transfer_id, hold_ids=tuple(voided))
+
+    results = decide_each(batch, void)
+    await book.save()
+    return results
+
+
+_Legs = ReserveLegs | PostLegs | VoidLegs
+
+
+class _Book:
+    """The accounts and holds of a batch of commands: locked and loaded once, evolved
+    command by command (a refused command leaves them as they were), saved once."""
+
+    def __init__(
+        self, unit: UnitOfWork, loaded: dict[str, AccountState],
+        holds: dict[str, tuple[str, HoldStatus]],
+    ) -> None:
         self._unit = unit
         self._loaded = loaded
         self._states = dict(loaded)
-        self._events: dict[str, list[AccountEvent]] = {account_id: [] for account_id in loaded}
+        self._events: dict[str, list[NewEvent]] = {account_id: [] for account_id in loaded}
+        self._holds = holds
 
     @classmethod
-    async def load(
-        cls, unit: UnitOfWork, account_ids: Iterable[str], *, missing_ok: bool = False
-    ) -> _Accounts:
-        """Lock the accounts' balances rows (in id order) and load them; unknown_account
-        refusal for one that does not exist, unless `missing_ok`."""
-        loaded: dict[str, AccountState] = {}
-        ids = sorted(set(account_ids))
-        # Every stream first, then the rows: no transaction id is taken before the last lock.
-        await repository.lock_streams(unit.store, unit.connection, ids)
-        for account_id in ids:
-            state = await repository.load(
-                unit.store, unit.connection, account_id, for_update=True, is_stream_locked=True
-            )
-            if state is not None:
-                loaded[account_id] = state
-            elif not missing_ok:
+    async def load(cls, unit: UnitOfWork, commands: Sequence[_Legs]) -> _Book:
+        """Lock and load every account the commands name (in id order; the unknown ones
+        are left out), and read how their holds stand from the holds read model.
+
+        The holds are read after the accounts are locked: a hold's row changes only with an
+        append to its account, so it agrees with the states loaded (and the append's
+        version check would refuse it if not)."""
+        account_ids = [a for command in commands for a in _accounts_of(command.legs)]
+        loaded = await repository.load_many(unit.store, unit.connection, account_ids)
+        rows = await unit.connection.fetch(
+            f"select hold_id, account_id, status from {unit.store.schema}.holds"
+            " where hold_id = any($1::text[])",
+            [hold_id(command.transfer_id, leg.leg_id, side)
+             for command in commands for leg in command.legs for side in _SIDES],
+        )  # fmt: skip
+        holds = {row["hold_id"]: (row["account_id"], HoldStatus(row["status"])) for row in rows}
+        return cls(unit, loaded, holds)
+
+    @contextmanager
+    def staged(self) -> Iterator[None]:
+        """Keep what the block decides only if it raises nothing (one command: all or none)."""
+        states, holds = dict(self._states), dict(self._holds)
+        lengths = {account_id: len(events) for account_id, events in self._events.items()}
+        try:
+            yield
+        except BaseException:
+            self._states, self._holds = states, holds
+            for account_id, length in lengths.items():
+                del self._events[account_id][length:]
+            raise
+
+    def require(self, account_ids: Iterable[str]) -> None:
+        """Refuse `unknown_account` for the first of `account_ids` (in id order) not found."""
+        for account_id in sorted(set(account_ids)):
+            if account_id not in self._states:
                 raise _refusal(AccountNotFound(account_id), account_id, None)
-        return cls(unit, loaded)
 
     def exists(self, account_id: str) -> bool:
         """Whether the account was found."""
@@ -185,25 +273,63 @@ class _Accounts:
         """The account as the decisions so far left it."""
         return self._states[account_id]
 
+    def ended(self, transfer_id: str, legs: Sequence[Leg]) -> EndedHolds:
+        """How the legs' holds that are no longer open ended. Raises CommandRefused
+        `hold_conflict` for a hold id on another account than the one its leg names (a
+        caller's bug: a hold id is one leg's)."""
+        ended: dict[str, HoldStatus] = {}
+        for leg in legs:
+            for side in _SIDES:
+                id_of_hold = hold_id(transfer_id, leg.leg_id, side)
+                if id_of_hold not in self._holds:
+                    continue
+                account_id, status = self._holds[id_of_hold]
+                if account_id != _account_on(leg, side):
+                    raise CommandRefused(
+                        HoldConflict.code,
+                        f"hold {id_of_hold} is on account {account_id},"
+                        f" not {_account_on(leg, side)}",
+                        {"account_id": _account_on(leg, side), "leg_id": leg.leg_id,
+                         "hold_id": id_of_hold},
+                    )  # fmt: skip
+                if status is not HoldStatus.OPEN:
+                    ended[id_of_hold] = status
+        return MappingProxyType(ended)
+
     def decide(
         self, account_id: str, leg: Leg, decision: Callable[[AccountState], list[AccountEvent]]
     ) -> list[AccountEvent]:
-        """Apply `decision` to the account's current state and return its events; a domain
-        refusal refuses all."""
+        """Apply `decision` to the account's current state and return its events (with the
+        current context as their metadata); a domain refusal refuses the command."""
         state = self._states[account_id]
         try:
             events = decision(state)
         except AccountError as error:
             raise _refusal(error, account_id, leg) from error
-        self._events[account_id].extend(events)
+        self._events[account_id].extend(to_new_event(event) for event in events)
         self._states[account_id] = fold(events, state) or state
+        for event in events:
+            self._follow_hold(account_id, event)
         return events
 
     async def save(self) -> None:
-        """Append each account's new events once, in account id order (the lock order)."""
-        for account_id in sorted(self._events):
-            events = self._events[account_id]
-            await repository.save(self._unit, self._loaded[account_id], account_id, events)
+        """Append each account's new events, all in one round trip, in account id order."""
+        await repository.save_many(self._unit, [
+            (self._loaded[account_id], account_id, self._events[account_id])
+            for account_id in sorted(self._events)
+        ])  # fmt: skip
+
+    def _follow_hold(self, account_id: str, event: AccountEvent) -> None:
+        """Keep the batch's view of the holds read model current with a decided event."""
+        match event:
+            case HoldPlaced():
+                self._holds[event.hold_id] = (account_id, HoldStatus.OPEN)
+            case HoldCancelled():
+                self._holds[event.hold_id] = (account_id, HoldStatus.CANCELLED)
+            case HoldPosted():
+                self._holds[event.hold_id] = (account_id, HoldStatus.POSTED)
+            case HoldVoided():
+                self._holds[event.hold_id] = (account_id, HoldStatus.VOIDED)
 
 
 def _check_legs(legs: Sequence[Leg], assets: Assets) -> None:
@@ -243,38 +369,6 @@ def _check_terms(hold: Hold, leg: Leg, account_id: str) -> None:
             f" units, leg {leg.leg_id} of {leg.amount_minor}",
             {"account_id": account_id, "leg_id": leg.leg_id, "hold_id": hold.hold_id},
         )
-
-
-async def _ended_holds(unit: UnitOfWork, transfer_id: str, legs: Sequence[Leg]) -> EndedHolds:
-    """How the legs' holds that are no longer open ended, from the holds read model.
-
-    Read after the legs' accounts are locked: a hold's row changes only with an append to
-    its account, so it agrees with the states loaded (and the append's version check would
-    refuse it if not). Raises CommandRefused `hold_conflict` for a hold id that lives on
-    another account than the one its leg names (a caller's bug: a hold id is one leg's).
-    """
-    expected = {
-        hold_id(transfer_id, leg.leg_id, side): (leg, _account_on(leg, side))
-        for leg in legs for side in _SIDES
-    }
-    rows = await unit.connection.fetch(
-        f"select hold_id, account_id, status from {unit.store.schema}.holds"
-        " where hold_id = any($1::text[])",
-        list(expected),
-    )
-    ended: dict[str, HoldStatus] = {}
-    for row in rows:
-        leg, account_id = expected[row["hold_id"]]
-        if row["account_id"] != account_id:
-            raise CommandRefused(
-                HoldConflict.code,
-                f"hold {row['hold_id']} is on account {row['account_id']}, not {account_id}",
-                {"account_id": account_id, "leg_id": leg.leg_id, "hold_id": row["hold_id"]},
-            )
-        status = HoldStatus(row["status"])
-        if status is not HoldStatus.OPEN:
-            ended[row["hold_id"]] = status
-    return MappingProxyType(ended)
 
 
 def _refusal(error: AccountError, account_id: str, leg: Leg | None) -> CommandRefused:

@@ -12,9 +12,9 @@ import orjson
 
 from account_service.contracts import AccountEvent
 from account_service.domain import AccountNotFound, AccountState, fold
-from account_service.events import decode, stream_of, to_new_event
+from account_service.events import account_id_of, decode, stream_of, to_new_event
 from account_service.projections import BALANCE_COLUMNS, state_from_row
-from eventstore import NO_STREAM, EventStore, RecordedEvent, UnitOfWork
+from eventstore import NO_STREAM, Append, EventStore, NewEvent, RecordedEvent, UnitOfWork
 from eventstore._db import Executor
 
 Decision = Callable[[AccountState], list[AccountEvent]]
@@ -48,6 +48,39 @@ async def load(
     if not rows:
         return state
     return fold([decode(row["event_type"], orjson.loads(row["data"])) for row in rows], state)
+
+
+async def load_many(
+    store: EventStore, executor: Executor, account_ids: Iterable[str]
+) -> dict[str, AccountState]:
+    """`load(..., for_update=True)` of many accounts in three statements: their streams and
+    balances rows locked in account id order, and any newer events folded in. Accounts
+    never opened are not in the result."""
+    ids = sorted(set(account_ids))
+    await lock_streams(store, executor, ids)
+    rows = await executor.fetch(
+        f"select {BALANCE_COLUMNS} from {store.schema}.balances"
+        " where account_id = any($1::text[]) order by account_id for update",
+        ids,
+    )
+    states = {row["account_id"]: state_from_row(row) for row in rows}
+    newer = await executor.fetch(
+        f"select e.stream_id, e.event_type, e.data from unnest($1::text[], $2::bigint[])"
+        f" as s (stream_id, from_version) join {store.schema}.events e"
+        " on e.stream_id = s.stream_id and e.stream_version >= s.from_version"
+        " order by e.stream_id, e.stream_version",
+        [stream_of(account_id) for account_id in ids],
+        [states[account_id].version + 1 if account_id in states else 1 for account_id in ids],
+    )
+    events_of: dict[str, list[AccountEvent]] = {}
+    for row in newer:
+        events = events_of.setdefault(account_id_of(row["stream_id"]), [])
+        events.append(decode(row["event_type"], orjson.loads(row["data"])))
+    for account_id, events in events_of.items():
+        folded = fold(events, states.get(account_id))
+        if folded is not None:
+            states[account_id] = folded
+    return states
 
 
 async def lock_streams(store: EventStore, executor: Executor, account_ids: Iterable[str]
@@ -86,6 +119,16 @@ async def save(
     expected = state.version if state is not None else NO_STREAM
     result = await unit.append(stream_of(account_id), [to_new_event(e) for e in events], expected)
     return list(result.events)
+
+
+async def save_many(
+    unit: UnitOfWork, changes: Sequence[tuple[AccountState | None, str, Sequence[NewEvent]]]
+) -> None:
+    """`save` of many accounts' `(state loaded, account id, events)` in one round trip."""
+    await unit.append_many([
+        Append(stream_of(account_id), events, state.version if state is not None else NO_STREAM)
+        for state, account_id, events in changes if events
+    ])  # fmt: skip
 
 
 async def decide_and_save(

@@ -79,6 +79,34 @@ async def record_reply(
     return bool(inserted)
 
 
+async def recorded_replies(
+    executor: Executor, schema: str, command_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, RecordedReply]:
+    """`recorded_reply` of many commands in one statement: those answered already."""
+    rows = await executor.fetch(
+        f"select command_id, endpoint, reply from {schema}.command_replies"
+        " where command_id = any($1::uuid[])",
+        list(command_ids),
+    )
+    return {row[0]: RecordedReply(row[1], dict(orjson.loads(row[2]))) for row in rows}
+
+
+async def record_replies(
+    executor: Executor, schema: str, replies: Sequence[tuple[uuid.UUID, str, dict[str, Any]]]
+) -> set[uuid.UUID]:
+    """`record_reply` of many `(command_id, endpoint, reply)` in one statement; the ids
+    recorded now (one answered already keeps its first reply and is not among them)."""
+    rows = await executor.fetch(
+        f"insert into {schema}.command_replies (command_id, endpoint, reply)"
+        " select * from unnest($1::uuid[], $2::text[], $3::jsonb[])"
+        " on conflict do nothing returning command_id",
+        [command_id for command_id, _, _ in replies],
+        [endpoint for _, endpoint, _ in replies],
+        [canonical_json(reply).decode() for _, _, reply in replies],
+    )
+    return {row[0] for row in rows}
+
+
 @dataclass(frozen=True, slots=True)
 class StoredResponse:
     """The first answer given to an idempotency key, and what its request looked like."""

@@ -60,6 +60,13 @@ command_seconds: Final = Histogram(
     buckets=_LATENCY_BUCKETS_S,
     registry=REGISTRY,
 )
+commands_per_commit: Final = Histogram(
+    "ledger_commands_per_commit",
+    "Commands a participant decided and recorded in one transaction, by endpoint.",
+    ["endpoint"],
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+    registry=REGISTRY,
+)
 saga_records_per_commit: Final = Histogram(
     "ledger_saga_records_per_commit",
     "Saga records (one saga's events each) written by one transaction of the saga log.",

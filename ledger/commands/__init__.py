@@ -7,6 +7,9 @@
 
     reply = await CommandClient(nc, 2.0, 3).send("account.reserve", command, Reserved)
 
+    @service.batch_command("post", PostFunds, Posted)   # many commands, one transaction
+    async def post(batch: Sequence[Incoming[PostFunds]], unit) -> list[Posted | CommandRefused]:
+
 A handler runs in a unit of work with the request's context bound (`ledger.context.current()`
 is the sender's correlation, caused by the command id), so it appends its events with
 `metadata=current().as_metadata()`. Its reply is recorded with its effect in one transaction,
@@ -20,14 +23,27 @@ Replies and refusal details are JSON without floats (money is integers in minor 
 """
 
 from ledger.commands.client import CommandClient
-from ledger.commands.envelope import Command, CommandFailed, CommandNotReady, CommandRefused
+from ledger.commands.envelope import (
+    BatchHandler,
+    Command,
+    CommandFailed,
+    CommandNotReady,
+    CommandRefused,
+    Incoming,
+    decide_each,
+    one_at_a_time,
+)
 from ledger.commands.service import CommandService
 
 __all__ = [
+    "BatchHandler",
     "Command",
     "CommandClient",
     "CommandFailed",
     "CommandNotReady",
     "CommandRefused",
     "CommandService",
+    "Incoming",
+    "decide_each",
+    "one_at_a_time",
 ]

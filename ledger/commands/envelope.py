@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Final, Literal, TypeAlias, TypeVar
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Generic, Literal, TypeAlias, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from eventstore import UnitOfWork
+from ledger.context import RequestContext, bound, current
 
 MAX_ERROR_CHARS: Final = 500
 
@@ -27,6 +29,21 @@ class Command(BaseModel):
 CommandT = TypeVar("CommandT", bound=Command)
 ReplyT = TypeVar("ReplyT", bound=BaseModel)
 CommandHandler: TypeAlias = Callable[[CommandT, UnitOfWork], Awaitable[ReplyT]]
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming(Generic[CommandT]):
+    """A command of a batch, with the context its sender sent it in (its events carry it)."""
+
+    command: CommandT
+    context: RequestContext
+
+
+BatchHandler: TypeAlias = Callable[
+    [Sequence[Incoming[CommandT]], UnitOfWork], Awaitable[Sequence["ReplyT | CommandRefused"]]
+]
+"""Decides a batch of commands in one unit of work: a reply or a refusal for each, in order.
+A refused command must leave no effect in the unit; any exception fails the whole batch."""
 
 
 class CommandRefused(Exception):
@@ -53,6 +70,33 @@ class CommandFailed(Exception):
         self.attempts = attempts
         self.code = code
 
+
+
+def decide_each(
+    batch: Sequence[Incoming[CommandT]], decide: Callable[[CommandT], ReplyT]
+) -> list[ReplyT | CommandRefused]:
+    """`decide` each command in its sender's context; a refusal is its command's result."""
+    results: list[ReplyT | CommandRefused] = []
+    for incoming in batch:
+        with bound(incoming.context):
+            try:
+                results.append(decide(incoming.command))
+            except CommandRefused as refusal:
+                results.append(refusal)
+    return results
+
+
+def one_at_a_time(handler: BatchHandler[CommandT, ReplyT]) -> CommandHandler[CommandT, ReplyT]:
+    """The one-command handler of a batch handler: its reply, or its refusal raised. The
+    command is decided in the context bound when it is called."""
+
+    async def handle(command: CommandT, unit: UnitOfWork) -> ReplyT:
+        (result,) = await handler([Incoming(command, current())], unit)
+        if isinstance(result, CommandRefused):
+            raise result
+        return result
+
+    return handle
 
 
 def refusal_envelope(refusal: CommandRefused) -> Envelope:

@@ -7,7 +7,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -22,24 +22,31 @@ from eventstore import (
     EventStore,
     TransientConflict,
     UnitOfWork,
+    record_replies,
     record_reply,
+    recorded_replies,
     recorded_reply,
 )
+from eventstore.tracking import RecordedReply
 from ledger import metrics
+from ledger.commands.batching import RequestQueue
 from ledger.commands.envelope import (
+    BatchHandler,
     Command,
     CommandHandler,
     CommandNotReady,
     CommandRefused,
     CommandT,
     Envelope,
+    Incoming,
     Outcome,
     ReplyT,
     describe_invalid,
     error_envelope,
+    one_at_a_time,
     refusal_envelope,
 )
-from ledger.context import bound, from_headers
+from ledger.context import RequestContext, bound, from_headers
 
 DEFAULT_MAX_IN_FLIGHT: Final = 64
 """Requests one endpoint of one instance handles at once; more wait in the subscription."""
@@ -61,7 +68,18 @@ class _Endpoint:
     request_model: type[Command]
     reply_model: type[BaseModel]
     handler: Callable[[Any, UnitOfWork], Awaitable[BaseModel]]
+    batch_handler: BatchHandler[Any, Any] | None = None
     outcomes: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass(frozen=True, slots=True)
+class _Queued:
+    """A parsed request waiting for its batch."""
+
+    request: Request
+    command: Command
+    context: RequestContext
+    started_s: float
 
 
 class CommandService:
@@ -93,6 +111,7 @@ class CommandService:
         self._stop_grace_s = stop_grace_s
         self._endpoints: dict[str, _Endpoint] = {}
         self._slots: dict[str, asyncio.Semaphore] = {}
+        self._queues: dict[str, RequestQueue[_Queued]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._service: Service | None = None
 
@@ -112,6 +131,31 @@ class CommandService:
         def register(handler: CommandHandler[CommandT, ReplyT]) -> CommandHandler[CommandT, ReplyT]:
             subject = f"{self.name}.{name}"
             self._endpoints[name] = _Endpoint(name, subject, request_model, reply_model, handler)
+            return handler
+
+        return register
+
+    def batch_command(
+        self, name: str, request_model: type[CommandT], reply_model: type[ReplyT]
+    ) -> Callable[[BatchHandler[CommandT, ReplyT]], BatchHandler[CommandT, ReplyT]]:
+        """Like `command`, for a handler that decides many commands in one unit of work.
+
+        The requests that arrive while a batch is being served are served together next,
+        with their replies recorded in the same transaction (docs/command-batching.md). A
+        batch that fails as a whole is served again one command at a time, so each command
+        gets the answer it would have had alone."""
+        assert self._service is None, "declare commands before start()"
+        assert name not in self._endpoints, f"command {name!r} is declared twice"
+
+        def register(handler: BatchHandler[CommandT, ReplyT]) -> BatchHandler[CommandT, ReplyT]:
+            subject = f"{self.name}.{name}"
+            self._endpoints[name] = _Endpoint(
+                name, subject, request_model, reply_model, one_at_a_time(handler), handler
+            )
+            self._queues[name] = RequestQueue(
+                lambda batch: self._serve_batch(self._endpoints[name], batch),
+                key=lambda queued: queued.command.command_id,
+            )
             return handler
 
         return register
@@ -138,8 +182,10 @@ class CommandService:
             return
         await self._service.stop()
         self._service = None
-        if self._tasks:
-            _, late = await asyncio.wait(set(self._tasks), timeout=self._stop_grace_s)
+        servers = {queue.server for queue in self._queues.values()} - {None}
+        running = self._tasks | {server for server in servers if server is not None}
+        if running:
+            _, late = await asyncio.wait(running, timeout=self._stop_grace_s)
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
@@ -150,6 +196,10 @@ class CommandService:
         # to its own task lets slow ones overlap, and the semaphore bounds how many do.
         async def receive(request: Request) -> None:
             await self._slots[endpoint.name].acquire()
+            queued = self._parsed(endpoint, request)
+            if queued is not None:
+                self._queues[endpoint.name].put(queued)
+                return
             task = asyncio.create_task(self._serve(endpoint, request))
             self._tasks.add(task)
             task.add_done_callback(lambda done: self._finished(endpoint, done))
@@ -168,10 +218,41 @@ class CommandService:
         """Outcome counts for `$SRV.STATS` (micro's own counters see only the hand-off)."""
         return dict(self._endpoints[stats.name].outcomes)
 
+    def _parsed(self, endpoint: _Endpoint, request: Request) -> _Queued | None:
+        """The request ready for its endpoint's queue; None when the endpoint takes no
+        batches or the request is invalid (answered alone, with the reason)."""
+        if endpoint.batch_handler is None:
+            return None
+        try:
+            command = endpoint.request_model.model_validate_json(request.data)
+        except ValidationError:
+            return None
+        context = from_headers(request.headers).caused_by(str(command.command_id))
+        return _Queued(request, command, context, time.perf_counter())
+
     async def _serve(self, endpoint: _Endpoint, request: Request) -> None:
         """Answer one request, counting and timing its outcome."""
         started_s = time.perf_counter()
         outcome, envelope = await self._answer(endpoint, request)
+        await self._respond(endpoint, request, outcome, envelope, started_s)
+
+    async def _serve_batch(self, endpoint: _Endpoint, batch: Sequence[_Queued]) -> None:
+        """Answer a batch of requests: together when that works, else each alone."""
+        answers = await self._answer_batch(endpoint, batch)
+        for queued, (outcome, envelope) in zip(batch, answers, strict=True):
+            try:
+                await self._respond(endpoint, queued.request, outcome, envelope,
+                                    queued.started_s)  # fmt: skip
+            except Exception:
+                _log.exception("could not answer a request on %s", endpoint.subject)
+            finally:
+                self._slots[endpoint.name].release()
+
+    async def _respond(
+        self, endpoint: _Endpoint, request: Request, outcome: Outcome, envelope: Envelope,
+        started_s: float,
+    ) -> None:
+        """Send the answer, counting and timing its outcome."""
         endpoint.outcomes[outcome] += 1
         metrics.command_seconds.labels(endpoint=endpoint.subject, outcome=outcome).observe(
             time.perf_counter() - started_s
@@ -191,6 +272,12 @@ class CommandService:
             _log.warning("%s", description)
             return "error", error_envelope("400", description)
         context = from_headers(request.headers).caused_by(str(command.command_id))
+        return await self._answer_in(endpoint, command, context)
+
+    async def _answer_in(
+        self, endpoint: _Endpoint, command: Command, context: RequestContext
+    ) -> tuple[Outcome, Envelope]:
+        """Execute in the sender's context; every failure becomes an error reply."""
         with bound(context):
             try:
                 return await self._execute(endpoint, command)
@@ -207,6 +294,59 @@ class CommandService:
                 # The cause stays in our logs; the sender gets the id to find it by.
                 message = f"{endpoint.subject} failed; see correlation {context.correlation_id}"
                 return "error", error_envelope("500", message)
+
+    async def _answer_batch(
+        self, endpoint: _Endpoint, batch: Sequence[_Queued]
+    ) -> list[tuple[Outcome, Envelope]]:
+        """Replay the replies recorded already; decide the others in one transaction, or,
+        when that fails as a whole, each in its own, concurrently."""
+        answers: dict[int, tuple[Outcome, Envelope]] = {}
+        try:
+            answers = await self._recorded_many(endpoint, batch)
+            fresh = [queued for index, queued in enumerate(batch) if index not in answers]
+            if fresh:
+                together = iter(await self._together(endpoint, fresh))
+                answers |= {index: next(together) for index in range(len(batch))
+                            if index not in answers}  # fmt: skip
+        except Exception as error:
+            _log.info("a batch of %d on %s is served one by one: %r", len(batch),
+                      endpoint.subject, error)  # fmt: skip
+        alone = [index for index in range(len(batch)) if index not in answers]
+        answered = await asyncio.gather(*(
+            self._answer_in(endpoint, batch[index].command, batch[index].context)
+            for index in alone
+        ))  # fmt: skip
+        answers |= dict(zip(alone, answered, strict=True))
+        return [answers[index] for index in range(len(batch))]
+
+    async def _recorded_many(
+        self, endpoint: _Endpoint, batch: Sequence[_Queued]
+    ) -> dict[int, tuple[Outcome, Envelope]]:
+        """`_recorded` of a batch in one statement, by the requests' places in it."""
+        ids = [queued.command.command_id for queued in batch]
+        recorded = await recorded_replies(self._store.pool, self._store.schema, ids)
+        return {
+            index: self._replayed(endpoint, queued.command, recorded[queued.command.command_id])
+            for index, queued in enumerate(batch) if queued.command.command_id in recorded
+        }  # fmt: skip
+
+    async def _together(
+        self, endpoint: _Endpoint, batch: Sequence[_Queued]
+    ) -> list[tuple[Outcome, Envelope]]:
+        """Decide the batch in one unit of work, its replies recorded with its effects."""
+        assert endpoint.batch_handler is not None, "a batch endpoint"
+        incoming = [Incoming(queued.command, queued.context) for queued in batch]
+        async with self._store.unit_of_work() as unit:
+            results = await endpoint.batch_handler(incoming, unit)
+            assert len(results) == len(batch), "one result per command"
+            answers = [_answer_of(endpoint, result) for result in results]
+            replies = [(queued.command.command_id, endpoint.subject, envelope)
+                       for queued, (_, envelope) in zip(batch, answers, strict=True)]  # fmt: skip
+            recorded = await record_replies(unit.connection, self._store.schema, replies)
+            if len(recorded) != len(batch):
+                raise _AnsweredElsewhere(f"{len(batch) - len(recorded)} of the batch")
+        metrics.commands_per_commit.labels(endpoint=endpoint.subject).observe(len(batch))
+        return answers
 
     async def _execute(self, endpoint: _Endpoint, command: Command) -> tuple[Outcome, Envelope]:
         """Replay the recorded reply, else apply; re-run on a concurrent writer, boundedly."""
@@ -240,11 +380,9 @@ class CommandService:
         """Commit the handler's effect with its reply, or (refused) the refusal alone."""
         try:
             async with self._store.unit_of_work() as unit:
-                reply = await endpoint.handler(command, unit)
-                assert isinstance(reply, endpoint.reply_model), "reply of the declared model"
-                envelope = {"status": "ok", "reply": reply.model_dump(mode="json")}
+                outcome, envelope = _answer_of(endpoint, await endpoint.handler(command, unit))
                 await self._record(unit, endpoint, command, envelope)
-            return "ok", envelope
+            return outcome, envelope
         except CommandRefused as refusal:
             # The refusal rolled the effect back; it alone is recorded, in its own transaction.
             envelope = refusal_envelope(refusal)
@@ -270,8 +408,22 @@ class CommandService:
         recorded = await recorded_reply(self._store.pool, self._store.schema, command.command_id)
         if recorded is None:
             return None
+        return self._replayed(endpoint, command, recorded)
+
+    def _replayed(
+        self, endpoint: _Endpoint, command: Command, recorded: RecordedReply
+    ) -> tuple[Outcome, Envelope]:
+        """The recorded reply again, or an error when it was given on another endpoint."""
         if recorded.endpoint != endpoint.subject:
             message = f"command_id {command.command_id} was already used for {recorded.endpoint}"
             _log.warning("%s; %s refused it", message, endpoint.subject)
             return "error", error_envelope("400", message)
         return "replayed", recorded.reply
+
+
+def _answer_of(endpoint: _Endpoint, result: BaseModel | CommandRefused) -> tuple[Outcome, Envelope]:
+    """The outcome and envelope of one command's result in a batch."""
+    if isinstance(result, CommandRefused):
+        return "refused", refusal_envelope(result)
+    assert isinstance(result, endpoint.reply_model), "reply of the declared model"
+    return "ok", {"status": "ok", "reply": result.model_dump(mode="json")}

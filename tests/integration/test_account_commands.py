@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import asyncpg
@@ -17,7 +17,7 @@ from account_service.commands import register_commands, reserve_legs
 from account_service.contracts import Leg, LegsDone, PostLegs, ReserveLegs, VoidLegs
 from account_service.domain import AccountState, deposit, freeze, open_account
 from account_service.projections import BalancesProjection, EntriesProjection, HoldsProjection
-from eventstore import ConcurrencyError, EventStore, Projection, rebuild
+from eventstore import Append, ConcurrencyError, EventStore, Projection, rebuild
 from ledger.commands import CommandClient, CommandRefused, CommandService
 from ledger.context import bound, new_context
 from ledger.money import Assets
@@ -251,13 +251,13 @@ async def test_an_account_in_several_legs_is_appended_once(accounts: EventStore)
     appends: list[str] = []
 
     async with accounts.unit_of_work() as unit:
-        append = unit.append
+        append_many = unit.append_many
 
-        async def counted(stream_id: str, *args: Any) -> Any:
-            appends.append(stream_id)
-            return await append(stream_id, *args)
+        async def counted(many: Sequence[Append]) -> Any:
+            appends.extend(append.stream_id for append in many)
+            return await append_many(many)
 
-        unit.append = counted  # type: ignore[method-assign,assignment]
+        unit.append_many = counted  # type: ignore[method-assign,assignment]
         await reserve_legs(command, unit, Assets())
 
     assert sorted(appends) == ["account-a", "account-b"]
