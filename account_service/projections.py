@@ -9,9 +9,11 @@ open ended (the account's state keeps only open holds, to stay bounded).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import orjson
 
@@ -33,6 +35,28 @@ BALANCE_COLUMNS = (
     "account_id, owner, currency, overdraft_limit_minor, status, posted_minor,"
     " pending_debits_minor, pending_credits_minor, open_holds, version, opened_at, updated_at"
 )
+_BALANCE_TYPES: Final = (
+    "text[], text[], text[], bigint[], text[], bigint[], bigint[], bigint[], jsonb[], bigint[],"
+    " timestamptz[], timestamptz[]"
+)
+_ENTRY_COLUMNS: Final = (
+    "global_position, account_id, entry_id, kind, amount_minor, balance_after_minor,"
+    " transfer_id, reference, recorded_at"
+)
+_ENTRY_TYPES: Final = (
+    "bigint[], text[], text[], text[], bigint[], bigint[], text[], text[], timestamptz[]"
+)
+_HOLD_COLUMNS: Final = "hold_id, account_id, side, amount_minor, transfer_id, status, updated_at"
+_HOLD_TYPES: Final = "text[], text[], text[], bigint[], text[], text[], timestamptz[]"
+_BALANCE_UPSERT: Final = (
+    "on conflict (account_id) do update set status = excluded.status,"
+    " posted_minor = excluded.posted_minor,"
+    " pending_debits_minor = excluded.pending_debits_minor,"
+    " pending_credits_minor = excluded.pending_credits_minor,"
+    " open_holds = excluded.open_holds, version = excluded.version,"
+    " updated_at = excluded.updated_at"
+)
+"""What an upsert of a balances row changes of a row already there (never its opened_at)."""
 
 
 class BalancesProjection(Projection):
@@ -75,14 +99,32 @@ class BalancesProjection(Projection):
         assert state.version == event.stream_version, "balances row skipped an event"
         await connection.execute(
             f"insert into {table} ({BALANCE_COLUMNS}) values"
-            " ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, $11)"
-            " on conflict (account_id) do update set status = excluded.status,"
-            " posted_minor = excluded.posted_minor,"
-            " pending_debits_minor = excluded.pending_debits_minor,"
-            " pending_credits_minor = excluded.pending_credits_minor,"
-            " open_holds = excluded.open_holds, version = excluded.version,"
-            " updated_at = excluded.updated_at",
+            f" ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, $11) {_BALANCE_UPSERT}",
             *_row_values(state), event.recorded_at,
+        )
+
+    async def apply_batch(
+        self, connection: Connection, table: str, events: Sequence[RecordedEvent]
+    ) -> None:
+        """Fold a page of events as `apply` would, in two statements: one read of the rows
+        of every account in the page, one upsert of their folded rows."""
+        by_account: dict[str, list[RecordedEvent]] = {}
+        for event in events:
+            if event.stream_id.startswith("account-"):
+                by_account.setdefault(account_id_of(event.stream_id), []).append(event)
+        if not by_account:
+            return
+        rows = await connection.fetch(
+            f"select {BALANCE_COLUMNS} from {table} where account_id = any($1::text[])",
+            list(by_account),
+        )
+        stored = {row["account_id"]: row for row in rows}
+        folded = [_fold_balance(stored.get(account_id), its_events)
+                  for account_id, its_events in by_account.items()]  # fmt: skip
+        await connection.execute(
+            f"insert into {table} ({BALANCE_COLUMNS})"
+            f" select * from unnest({_placeholders(_BALANCE_TYPES)}) {_BALANCE_UPSERT}",
+            *_columns([row.values() for row in folded]),
         )
 
 
@@ -130,6 +172,30 @@ class EntriesProjection(Projection):
             (previous or 0) + amount_minor, transfer_id, reference, event.recorded_at,
         )
 
+    async def apply_batch(
+        self, connection: Connection, table: str, events: Sequence[RecordedEvent]
+    ) -> None:
+        """Record a page's movements as `apply` would, in two statements: one read of the
+        last balance of every account moved in the page, one insert of all the entries."""
+        movements = [(event, movement) for event in events
+                     if (movement := _movement(event)) is not None]  # fmt: skip
+        if not movements:
+            return
+        rows = await connection.fetch(
+            f"select distinct on (account_id) account_id, global_position, balance_after_minor"
+            f" from {table} where account_id = any($1::text[])"
+            " order by account_id, global_position desc",
+            list({account_id_of(event.stream_id) for event, _ in movements}),
+        )
+        last = {row["account_id"]: (row["global_position"], row["balance_after_minor"])
+                for row in rows}  # fmt: skip
+        entries = _entries(last, movements)
+        await connection.execute(
+            f"insert into {table} ({_ENTRY_COLUMNS})"
+            f" select * from unnest({_placeholders(_ENTRY_TYPES)})",
+            *_columns(entries),
+        )
+
 
 class HoldsProjection(Projection):
     """One row per hold id: its account, terms and status (open, posted, voided, cancelled).
@@ -172,6 +238,35 @@ class HoldsProjection(Projection):
                 )
                 assert result == "UPDATE 1", "a hold ends once, and only after it was placed"
 
+    async def apply_batch(
+        self, connection: Connection, table: str, events: Sequence[RecordedEvent]
+    ) -> None:
+        """Fold a page of hold events as `apply` would, in two statements at most: one
+        update of the holds placed before the page that end in it, then one insert of the
+        holds placed or cancelled in it (with how they stand at its end).
+
+        The update goes first so that it cannot see a hold placed later in the page: an end
+        that came before its hold's placement fails, as it does event by event.
+        """
+        started, ends = _fold_holds(events)
+        if ends:
+            result = await connection.execute(
+                f"update {table} as h set status = u.status, updated_at = u.updated_at"
+                " from unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])"
+                "   as u(hold_id, account_id, status, updated_at)"
+                " where h.hold_id = u.hold_id and h.account_id = u.account_id"
+                " and h.status = 'open'",
+                *_columns([end.values() for end in ends]),
+            )
+            assert result == f"UPDATE {len(ends)}", "a hold ends once, and only after it was placed"
+        if started:
+            # No "on conflict", as in `_insert_hold`: a second placement is refused loudly.
+            await connection.execute(
+                f"insert into {table} ({_HOLD_COLUMNS})"
+                f" select * from unnest({_placeholders(_HOLD_TYPES)})",
+                *_columns([hold.values() for hold in started]),
+            )
+
 
 async def _insert_hold(
     connection: Connection, table: str, account_id: str, started: HoldPlaced | HoldCancelled,
@@ -190,6 +285,138 @@ async def _insert_hold(
         started.hold_id, account_id, started.side.value, amount_minor, started.transfer_id,
         status.value, recorded_at,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _FoldedBalance:
+    """An account's balances row after a page of its events."""
+
+    state: AccountState
+    opened_at: datetime
+    updated_at: datetime
+
+    def values(self) -> tuple[Any, ...]:
+        """The row's columns, in BALANCE_COLUMNS order."""
+        return (*_row_values(self.state), self.opened_at, self.updated_at)
+
+
+def _fold_balance(row: Any, events: Sequence[RecordedEvent]) -> _FoldedBalance:
+    """The fold of one account's events of a page onto its stored row (None: no row yet)."""
+    state = state_from_row(row) if row is not None else None
+    # An upsert keeps the opened_at of a row already there; a new row's is its first event's.
+    opened_at = row["opened_at"] if row is not None else events[0].recorded_at
+    for event in events:
+        state = evolve(state, from_recorded(event))
+        assert state.version == event.stream_version, "balances row skipped an event"
+    assert state is not None, "a page holds at least one event of each of its accounts"
+    return _FoldedBalance(state, opened_at, events[-1].recorded_at)
+
+
+_Movement = tuple[int, str, str | None, str | None, str]
+"""An entry's amount (signed), kind, transfer id, reference and entry id."""
+
+
+def _entries(
+    stored: dict[str, tuple[int, int]], movements: Sequence[tuple[RecordedEvent, _Movement]]
+) -> list[tuple[Any, ...]]:
+    """The entries rows of `movements`, in commit order, each account's running balance
+    going on from its last stored (position, balance)."""
+    last = dict(stored)
+    rows = []
+    for event, (amount_minor, kind, transfer_id, reference, entry_id) in movements:
+        account_id = account_id_of(event.stream_id)
+        position, previous = last.get(account_id, (0, 0))
+        # `apply` reads the row of the highest position: the one just before only because a
+        # stream's events come in increasing positions.
+        assert event.global_position > position, "an account's entries come in position order"
+        balance_after_minor = previous + amount_minor
+        last[account_id] = (event.global_position, balance_after_minor)
+        rows.append((event.global_position, account_id, entry_id, kind, amount_minor,
+                     balance_after_minor, transfer_id, reference, event.recorded_at))  # fmt: skip
+    return rows
+
+
+@dataclass(frozen=True, slots=True)
+class _StartedHold:
+    """A holds row inserted by a page: placed or cancelled, and maybe ended in the page."""
+
+    hold_id: str
+    account_id: str
+    side: str
+    amount_minor: int | None
+    transfer_id: str
+    status: HoldStatus
+    updated_at: datetime
+
+    def values(self) -> tuple[Any, ...]:
+        """The row's columns, in _HOLD_COLUMNS order."""
+        return (self.hold_id, self.account_id, self.side, self.amount_minor, self.transfer_id,
+                self.status.value, self.updated_at)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class _HoldEnd:
+    """A hold placed before the page that ends in it."""
+
+    hold_id: str
+    account_id: str
+    status: HoldStatus
+    updated_at: datetime
+
+    def values(self) -> tuple[Any, ...]:
+        """The update's columns: hold id, account id, status, updated_at."""
+        return (self.hold_id, self.account_id, self.status.value, self.updated_at)
+
+
+def _fold_holds(events: Sequence[RecordedEvent]) -> tuple[list[_StartedHold], list[_HoldEnd]]:
+    """The holds a page inserts (as they stand at its end) and the ones it ends."""
+    started: list[_StartedHold] = []
+    index_of: dict[str, int] = {}
+    ends: dict[str, _HoldEnd] = {}
+    for event in events:
+        if not event.stream_id.startswith("account-") or not event.event_type.startswith("Hold"):
+            continue
+        account_id = account_id_of(event.stream_id)
+        match from_recorded(event):
+            case HoldPlaced() | HoldCancelled() as begun:
+                index_of.setdefault(begun.hold_id, len(started))
+                started.append(_started_hold(account_id, begun, event.recorded_at))
+            case HoldPosted() | HoldVoided() as ended:
+                status = HoldStatus.POSTED if isinstance(ended, HoldPosted) else HoldStatus.VOIDED
+                index = index_of.get(ended.hold_id)
+                if index is None:
+                    assert ended.hold_id not in ends, "a hold ends once"
+                    ends[ended.hold_id] = _HoldEnd(ended.hold_id, account_id, status,
+                                                   event.recorded_at)  # fmt: skip
+                    continue
+                hold = started[index]
+                assert hold.account_id == account_id, "a hold ends on the account it was placed"
+                assert hold.status is HoldStatus.OPEN, "a hold ends once, after it was placed"
+                started[index] = replace(hold, status=status, updated_at=event.recorded_at)
+    return started, list(ends.values())
+
+
+def _started_hold(
+    account_id: str, begun: HoldPlaced | HoldCancelled, recorded_at: datetime
+) -> _StartedHold:
+    """The row `_insert_hold` would insert."""
+    if isinstance(begun, HoldPlaced):
+        amount_minor: int | None = begun.amount_minor
+        status = HoldStatus.OPEN
+    else:
+        amount_minor, status = None, HoldStatus.CANCELLED
+    return _StartedHold(begun.hold_id, account_id, begun.side.value, amount_minor,
+                        begun.transfer_id, status, recorded_at)  # fmt: skip
+
+
+def _placeholders(types: str) -> str:
+    """`$1::t1, $2::t2, ...` for a comma-separated list of array types."""
+    return ", ".join(f"${i}::{t.strip()}" for i, t in enumerate(types.split(","), start=1))
+
+
+def _columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
+    """Rows turned into one list per column: the arrays `unnest` turns back into rows."""
+    return [list(column) for column in zip(*rows, strict=True)]
 
 
 def state_from_row(row: Any) -> AccountState:
@@ -219,7 +446,7 @@ def _row_values(state: AccountState) -> tuple[Any, ...]:
     )
 
 
-def _movement(event: RecordedEvent) -> tuple[int, str, str | None, str | None, str] | None:
+def _movement(event: RecordedEvent) -> _Movement | None:
     data = event.data
     if event.event_type == "Deposited":
         reference = data.get("reference")

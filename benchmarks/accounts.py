@@ -40,7 +40,7 @@ from account_service.app import AccountService
 from account_service.commands import post_legs, register_commands, reserve_legs
 from account_service.contracts import Leg, LegsDone, PostLegs, ReserveLegs
 from account_service.domain import deposit, open_account
-from eventstore import EventStore, NewEvent
+from eventstore import EventStore, NewEvent, TransientConflict
 from ledger.bus import connect
 from ledger.commands import CommandClient, CommandRefused, CommandService
 from ledger.embedded import servers
@@ -131,10 +131,15 @@ def baseline_pair(store: EventStore) -> Pair:
 
     async def pair(from_account: str, to_account: str) -> None:
         for event_type in ("HoldPlaced", "HoldPosted"):
-            async with store.unit_of_work() as unit:
-                for account_id in sorted((from_account, to_account)):
-                    event = NewEvent(event_type, {"amount_minor": 1})
-                    await unit.append(f"base-{account_id}", [event])
+            while True:  # appends race on a stream without its lock: run again, as writers do
+                try:
+                    async with store.unit_of_work() as unit:
+                        for account_id in sorted((from_account, to_account)):
+                            event = NewEvent(event_type, {"amount_minor": 1})
+                            await unit.append(f"base-{account_id}", [event])
+                    break
+                except TransientConflict:
+                    continue
 
     return pair
 
