@@ -7,6 +7,7 @@ status, and the saga's commands load a settlement with one row read.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Final
 
 import orjson
@@ -16,6 +17,7 @@ from eventstore._db import Connection
 from trade_service.contracts import (
     SettlementLeg,
     SettlementStatus,
+    TradeEvent,
     TradeRequested,
     TransferRequested,
 )
@@ -81,6 +83,50 @@ class SettlementsProjection(Projection):
                     state.transfer_id, state.status.value, state.reason, state.detail,
                     state.version, event.recorded_at,
                 )
+
+
+    async def apply_batch(
+        self, connection: Connection, table: str, events: Sequence[RecordedEvent]
+    ) -> None:
+        """Fold a page as `apply` would: each request inserted, then the outcomes of every
+        settlement in the page folded onto its row, read in one statement and written in
+        one (the saga's outcome commands end many settlements per transaction)."""
+        ended: dict[str, list[tuple[RecordedEvent, TradeEvent]]] = {}
+        for event in events:
+            if settlement_of(event.stream_id) is None:
+                continue
+            match from_recorded(event):
+                case TransferRequested() | TradeRequested() as requested:
+                    await _insert(connection, table, requested, event)
+                case outcome:
+                    ended.setdefault(_transfer_id(event), []).append((event, outcome))
+        if not ended:
+            return
+        rows = await connection.fetch(
+            f"select {SETTLEMENT_COLUMNS} from {table} where transfer_id = any($1::text[])",
+            list(ended),
+        )
+        assert len(rows) == len(ended), "an outcome follows its request"
+        folded = [_folded(state_from_row(row), ended[row["transfer_id"]]) for row in rows]
+        await connection.execute(
+            f"update {table} as s set status = u.status, reason = u.reason,"
+            " detail = u.detail, version = u.version, updated_at = u.updated_at"
+            " from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[],"
+            " $6::timestamptz[]) as u(transfer_id, status, reason, detail, version, updated_at)"
+            " where s.transfer_id = u.transfer_id",
+            *[list(column) for column in zip(*folded, strict=True)],
+        )
+
+
+def _folded(
+    state: Settlement, outcomes: Sequence[tuple[RecordedEvent, TradeEvent]]
+) -> tuple[Any, ...]:
+    """The update of one settlement's row after its outcome events of a page."""
+    for event, outcome in outcomes:
+        state = evolve(state, outcome)
+        assert state.version == event.stream_version, "settlements row skipped an event"
+    return (state.transfer_id, state.status.value, state.reason, state.detail, state.version,
+            outcomes[-1][0].recorded_at)  # fmt: skip
 
 
 async def _insert(

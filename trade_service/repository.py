@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from eventstore import EventStore, RecordedEvent, UnitOfWork
+from eventstore import Append, EventStore, NewEvent, RecordedEvent, UnitOfWork
 from eventstore._db import Executor
 from trade_service.contracts import TradeEvent
 from trade_service.domain import Settlement, SettlementNotFound
@@ -28,6 +28,19 @@ async def load(
     return state_from_row(row) if row is not None else None
 
 
+async def load_many(
+    store: EventStore, executor: Executor, transfer_ids: Sequence[str]
+) -> dict[str, Settlement]:
+    """`load(..., for_update=True)` of many settlements in one statement, their rows locked
+    in id order; those never requested are not in the result."""
+    rows = await executor.fetch(
+        f"select {SETTLEMENT_COLUMNS} from {store.schema}.{TABLE}"
+        " where transfer_id = any($1::text[]) order by transfer_id for update",
+        sorted(set(transfer_ids)),
+    )
+    return {row["transfer_id"]: state_from_row(row) for row in rows}
+
+
 async def require(
     store: EventStore, executor: Executor, transfer_id: str, *, for_update: bool = False
 ) -> Settlement:
@@ -47,3 +60,13 @@ async def save(
     stream_id = stream_of(state.kind, state.transfer_id)
     result = await unit.append(stream_id, [to_new_event(e) for e in events], state.version)
     return list(result.events)
+
+
+async def save_many(
+    unit: UnitOfWork, changes: Sequence[tuple[Settlement, Sequence[NewEvent]]]
+) -> None:
+    """`save` of many settlements' `(state loaded, events)` in one round trip."""
+    await unit.append_many([
+        Append(stream_of(state.kind, state.transfer_id), events, state.version)
+        for state, events in changes if events
+    ])  # fmt: skip
