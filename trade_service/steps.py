@@ -14,6 +14,7 @@ NATS server, and a saga only starts after its transfer's request was committed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Final
 
 from nats.aio.client import Client
@@ -21,7 +22,13 @@ from nats.aio.client import Client
 from eventstore import EventStore
 from eventstore._db import Connection, Executor
 from ledger.bus import EVENTS_SUBJECT_PREFIX
-from ledger.consumers import ConsumedEvent, ConsumerHandler, ConsumerOptions, DurableConsumer
+from ledger.consumers import (
+    ConsumedEvent,
+    ConsumerBatchHandler,
+    ConsumerHandler,
+    ConsumerOptions,
+    DurableConsumer,
+)
 from saga.contracts import CATEGORY as SAGA_CATEGORY
 from saga.contracts import EVENT_TYPES as SAGA_EVENT_TYPES
 from trade_service.projections import TABLE as SETTLEMENTS
@@ -79,7 +86,7 @@ def steps_consumer(
 ) -> DurableConsumer:
     """The durable consumer that keeps `settlement_steps`; call `ensure_table` first."""
     return DurableConsumer(nc, store, durable_name, SAGA_SUBJECTS, _handler(store.schema),
-                           options)  # fmt: skip
+                           options, handle_all=_batch_handler(store.schema))  # fmt: skip
 
 
 def _handler(schema: str) -> ConsumerHandler:
@@ -87,6 +94,13 @@ def _handler(schema: str) -> ConsumerHandler:
         await record_step(connection, schema, event)
 
     return apply
+
+
+def _batch_handler(schema: str) -> ConsumerBatchHandler:
+    async def apply_all(connection: Connection, events: Sequence[ConsumedEvent]) -> None:
+        await record_steps(connection, schema, events)
+
+    return apply_all
 
 
 def step_of(event: ConsumedEvent) -> tuple[str, str, str | None] | None:
@@ -125,6 +139,30 @@ async def record_step(connection: Connection, schema: str, event: ConsumedEvent)
         f" (select 1 from {schema}.{SETTLEMENTS} where transfer_id = $1)"
         " on conflict (transfer_id, seq) do nothing",
         transfer_id, event.stream_version, name, outcome, event.recorded_at, detail,
+    )
+
+
+async def record_steps(
+    connection: Connection, schema: str, events: Sequence[ConsumedEvent]
+) -> None:
+    """`record_step` of many events in one statement."""
+    rows = []
+    for event in events:
+        step = step_of(event)
+        if step is not None:
+            name, outcome, detail = step
+            rows.append((event.stream_id.removeprefix(SAGA_STREAM_PREFIX), event.stream_version,
+                         name, outcome, event.recorded_at, detail))  # fmt: skip
+    if not rows:
+        return
+    await connection.execute(
+        f"insert into {schema}.{TABLE} (transfer_id, seq, step, outcome, at, detail)"
+        " select u.* from unnest($1::text[], $2::bigint[], $3::text[], $4::text[],"
+        " $5::timestamptz[], $6::text[]) as u(transfer_id, seq, step, outcome, at, detail)"
+        f" where exists (select 1 from {schema}.{SETTLEMENTS} s"
+        " where s.transfer_id = u.transfer_id)"
+        " on conflict (transfer_id, seq) do nothing",
+        *[list(column) for column in zip(*rows, strict=True)],
     )
 
 

@@ -44,18 +44,12 @@ class RequestQueue(Generic[ItemT]):
         """The task serving the queue, while there is one (to wait for it at shutdown)."""
         return self._server
 
-    def put(self, item: ItemT) -> asyncio.Task[None]:
-        """Queue `item`; it is served in the next batch. The task serving it is returned."""
+    def put(self, item: ItemT) -> None:
+        """Queue `item`; it is served in the next batch."""
         self._queue.append(item)
         if self._server is None:
             # A context of its own: the server answers every sender, not the one that woke it.
             self._server = asyncio.create_task(self._serve_queued(), context=Context())
-        return self._server
-
-    def drop_waiting(self) -> list[ItemT]:
-        """Take the items not yet in a batch out of the queue (at shutdown)."""
-        waiting, self._queue = self._queue, []
-        return waiting
 
     async def _serve_queued(self) -> None:
         """Serve batches until the queue is empty."""

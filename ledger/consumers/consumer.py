@@ -27,6 +27,7 @@ from ledger.consumers.messages import (
     ORIGINAL_SEQUENCE_HEADER,
     ORIGINAL_SUBJECT_HEADER,
     ConsumedEvent,
+    ConsumerBatchHandler,
     ConsumerHandler,
     ConsumerOptions,
     PoisonMessage,
@@ -71,7 +72,12 @@ class DurableConsumer:
         filter_subject: str,
         handler: ConsumerHandler,
         options: ConsumerOptions | None = None,
+        *,
+        handle_all: ConsumerBatchHandler | None = None,
     ) -> None:
+        """`handler` applies one event; `handle_all`, when given, a fetched batch's new
+        events at once (with the same effect), and `handler` is then used only when a
+        batch is handled again message by message."""
         self.durable_name = durable_name
         self.filter_subject = filter_subject
         self.options = options or ConsumerOptions()
@@ -79,6 +85,7 @@ class DurableConsumer:
         self._js: JetStreamContext = nc.jetstream()
         self._store = store
         self._handler = handler
+        self._handle_all = handle_all
         self._subscription: PullBatches | None = None
         # Kept while messages keep coming, given back when a fetch finds none or on error.
         self._lease = ConnectionLease(store.pool)
@@ -250,14 +257,21 @@ class DurableConsumer:
             connection, self._store.schema, self.durable_name, [e.message_id for e in events]
         )
         outcomes: list[str] = []
+        fresh: list[tuple[Msg, ConsumedEvent]] = []
         for msg, event in zip(messages, events, strict=True):
             if event.message_id not in unmarked:
                 outcomes.append("duplicate")
                 continue
             unmarked.remove(event.message_id)  # a message fetched twice is applied once
+            fresh.append((msg, event))
+            outcomes.append("applied")
+        if self._handle_all is not None:
+            async with asyncio.timeout(self.options.ack_wait_s):
+                await self._handle_all(connection, [event for _, event in fresh])
+            return outcomes
+        for msg, event in fresh:
             with context.bound(_context_of(msg, event)):
                 await self._handle(connection, event)
-            outcomes.append("applied")
         return outcomes
 
     async def _process_to_the_end(self, msg: Msg) -> bool:

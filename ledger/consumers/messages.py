@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Final
@@ -39,6 +39,9 @@ class ConsumedEvent:
 
 ConsumerHandler = Callable[[Connection, ConsumedEvent], Awaitable[None]]
 """Apply one event inside the given transaction; raise to have it retried."""
+ConsumerBatchHandler = Callable[[Connection, Sequence[ConsumedEvent]], Awaitable[None]]
+"""Apply a fetched batch's new events, in order, as the one-event handler would each, in the
+given transaction; raising fails the batch, whose messages are then handled one by one."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ import contextlib
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -458,3 +458,41 @@ async def test_a_consumer_deleted_on_the_server_is_created_again_and_loses_nothi
 
     # then the consumer re-creates it; the first event comes again and is a duplicate.
     assert await applied_counts(store, applied_table) == Counter([first_id, second_id])
+
+
+async def test_a_batch_handler_takes_the_new_events_of_a_fetch_and_a_failed_one_falls_back(
+    nc: Client, store: EventStore, applied_table: str, token: str
+) -> None:
+    js = nc.jetstream()
+    event_ids = [await publish_event(js, token) for _ in range(6)]
+    batches: list[list[str]] = []
+
+    async def handle_all(connection: Connection, events: Sequence[ConsumedEvent]) -> None:
+        batches.append([event.event_id for event in events])
+        if len(batches) == 1:
+            raise RuntimeError("the first batch fails; its messages go one by one")
+        await connection.executemany(f"insert into {applied_table} (event_id) values ($1)",
+                                     [(event.event_id,) for event in events])  # fmt: skip
+
+
+    def consumer() -> DurableConsumer:
+        return DurableConsumer(nc, store, token, f"ledger.{token}.>",
+                               recording(applied_table), _FAST, handle_all=handle_all)  # fmt: skip
+
+    async def all_applied() -> bool:
+        return len(await applied_counts(store, applied_table)) == 6
+
+    await run_until(consumer(), all_applied)
+    later_ids = [await publish_event(js, token) for _ in range(4)]
+
+    async def all_ten_applied() -> bool:
+        return len(await applied_counts(store, applied_table)) == 10
+
+    await run_until(consumer(), all_ten_applied)
+
+    assert await applied_counts(store, applied_table) == Counter(event_ids + later_ids)
+    assert set(batches[0]) <= set(event_ids)  # failed, then applied one by one
+    by_batches = [event_id for batch in batches[1:] for event_id in batch]
+    assert by_batches
+    assert by_batches == [event_id for event_id in later_ids if event_id in by_batches]
+    assert handled(token, "applied") == 10
