@@ -135,11 +135,12 @@ async def account_views(
 
 @dataclass(slots=True)
 class _Wait:
-    """A command waiting for the view: when it first asked, and the stream sequence the view
-    must have handled (taken once the grace has passed)."""
+    """A command waiting for the view: when it first asked, the stream sequence the view
+    must have handled (taken once the grace has passed), and whether it has."""
 
     first_asked_s: float
     target: int | None = None
+    is_current: bool = False
 
 
 class ViewProgress:
@@ -153,8 +154,9 @@ class ViewProgress:
     stream held at that moment. "Nothing pending now" would be no such test: under a steady
     flow of account events the consumer is always a few messages behind, and an unknown
     account would be asked about again until the saga gave up. Until then the command is
-    asked again (CommandNotReady; the saga retries with the same command id). The waits are
-    kept in memory: a retry that reaches another replica starts a wait of its own there.
+    asked again (CommandNotReady; the saga retries with the same command id). The last
+    `max_waiting` waits are kept in memory, a command found current remembering it (the
+    view only moves on): a retry that reaches another replica starts a wait of its own there.
     """
 
     def __init__(self, consumer: DurableConsumer, grace_s: float, *,
@@ -176,11 +178,15 @@ class ViewProgress:
             wait = self._waits[command_id] = _Wait(self._clock())
             while len(self._waits) > self._max_waiting:
                 self._waits.popitem(last=False)
+        if wait.is_current:
+            return True
         if self._clock() - wait.first_asked_s < self._grace_s:
             return False
         if wait.target is None:
             wait.target = await self._consumer.stream_last_sequence()
         if not await self._consumer.has_handled_through(wait.target):
             return False
-        del self._waits[command_id]
+        # Remembered, not forgotten: the view only moves on, and a batch that fails (another
+        # command of it not ready) asks again for each of its commands alone, at once.
+        wait.is_current = True
         return True

@@ -2,18 +2,20 @@
 
     register_commands(service, defaults, clock)   # subjects risk.assess, risk.commit, risk.release
 
-Each handler runs in the command helper's unit of work (one transaction, the reply recorded
-with the effect, a repeated `command_id` answered from the record). A handler takes a
-transaction-scoped lock on each paying account's risk stream in account id order, so that
-concurrent commands over one account queue instead of failing on a version conflict, and
-never deadlock. A payer with several movements is loaded once and each movement is decided
-against the state the earlier ones left.
+Each endpoint decides a batch of commands (those that queued up while the last batch was
+served) in the command helper's unit of work: one transaction, the replies recorded with the
+effects, a repeated `command_id` answered from the record (docs/command-batching.md). The
+batch locks every paying account's risk stream in account id order, in one statement, so
+that concurrent batches over one account queue instead of failing on a version conflict, and
+never deadlock. The payers are loaded once, each command and each of its movements is
+decided against the state the earlier ones left, and each payer's events are appended once.
+The clock is read once per batch: every command of a batch is decided at the same moment.
 
-`assess` is all or nothing: every movement is decided in memory first; when all are
-approved their `ExposureReserved` events are appended, and when any is refused only the
+`assess` is all or nothing per command: every movement is decided in memory first; when all
+are approved their `ExposureReserved` events are kept, and when any is refused only the
 `MovementRefused` events are (the audit keeps every refusal, and no approval of the others
 stands). A refusal is a normal `Decision` reply, not a command refusal, because its event
-must commit.
+must commit. `assess_movements` is the same decision for one command.
 """
 
 from __future__ import annotations
@@ -21,10 +23,18 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
+from functools import partial
 from typing import Final
 
-from eventstore import UnitOfWork
-from ledger.commands import CommandNotReady, CommandService
+from eventstore import NewEvent, UnitOfWork
+from ledger.commands import (
+    CommandNotReady,
+    CommandRefused,
+    CommandService,
+    Incoming,
+    decide_each,
+    one_at_a_time,
+)
 from risk_service import domain, repository
 from risk_service.account_view import account_views
 from risk_service.contracts import (
@@ -38,7 +48,7 @@ from risk_service.contracts import (
     RiskEvent,
 )
 from risk_service.domain import AccountView, MovementRequest, RiskState
-from risk_service.events import stream_of
+from risk_service.events import to_new_event
 
 ASSESS: Final = "assess"
 COMMIT: Final = "commit"
@@ -48,6 +58,11 @@ Clock = Callable[[], datetime]
 ViewCheck = Callable[[uuid.UUID], Awaitable[bool]]
 """Whether the view of accounts holds every account event published before the command
 (by its id) first asked (`account_view.ViewProgress.is_current_for`)."""
+Results = list[Decision | CommandRefused]
+"""A batch handler's answers: risk never refuses a command, so each is a `Decision`."""
+_Movements = Assess | Commit | Release
+_Decide = Callable[[RiskState, Movement], list[RiskEvent]]
+"""One movement's events on its payer's state."""
 
 
 def register_commands(
@@ -56,30 +71,24 @@ def register_commands(
     clock: Clock,
     view_is_current: ViewCheck | None = None,
 ) -> None:
-    """Serve `<service>.assess`, `<service>.commit` and `<service>.release` on `service`.
+    """Serve `<service>.assess`, `<service>.commit` and `<service>.release` on `service`,
+    each deciding the commands that queue up together in one transaction.
 
     `defaults` are the limits of an account with none of its own; `clock` gives the
-    (timezone-aware) time of each decision; `view_is_current` tells whether the view of
-    accounts has caught up with the account service's events as of a command (None: assume
-    it has).
+    (timezone-aware) time of each batch's decisions; `view_is_current` tells whether the
+    view of accounts has caught up with the account service's events as of a command
+    (None: assume it has).
     """
 
-    @service.command(ASSESS, Assess, Decision)
-    async def assess(command: Assess, unit: UnitOfWork) -> Decision:
-        return await assess_movements(command, unit, defaults, clock(), view_is_current)
+    async def assess(batch: Sequence[Incoming[Assess]], unit: UnitOfWork) -> Results:
+        return await assess_batch(batch, unit, defaults, clock(), view_is_current)
 
-    @service.command(COMMIT, Commit, Decision)
-    async def commit(command: Commit, unit: UnitOfWork) -> Decision:
-        now, transfer_id = clock(), command.transfer_id
-        await _end_each(unit, command.movements,
-                        lambda state, leg_id: domain.commit(state, transfer_id, leg_id, now))
-        return Decision(transfer_id=command.transfer_id, approved=True)
+    async def commit(batch: Sequence[Incoming[Commit]], unit: UnitOfWork) -> Results:
+        return await commit_batch(batch, unit, clock())
 
-    @service.command(RELEASE, Release, Decision)
-    async def release(command: Release, unit: UnitOfWork) -> Decision:
-        await _end_each(unit, command.movements,
-                        lambda state, leg_id: domain.release(state, command.transfer_id, leg_id))
-        return Decision(transfer_id=command.transfer_id, approved=True)
+    service.batch_command(ASSESS, Assess, Decision)(assess)
+    service.batch_command(COMMIT, Commit, Decision)(commit)
+    service.batch_command(RELEASE, Release, Decision)(release_batch)
 
 
 async def assess_movements(
@@ -89,32 +98,95 @@ async def assess_movements(
     now: datetime,
     view_is_current: ViewCheck | None = None,
 ) -> Decision:
-    """Decide every movement in memory, then append all approvals or only the refusals.
+    """Decide every movement in memory, then append all approvals or only the refusals:
+    `assess_batch` of one command, in the context bound by the caller.
 
     An account the view does not know, or knows as frozen, is not refused on the view's word
     while the view is still catching up with the events published before the command (an
     account opened or unfrozen a moment ago): CommandNotReady makes the saga ask again.
     """
-    movements = command.movements
-    payers = await _locked_states(unit, (m.from_account for m in movements))
-    parties = {m.from_account for m in movements} | {m.to_account for m in movements}
+    assess = partial(assess_batch, defaults=defaults, now=now, view_is_current=view_is_current)
+    return await one_at_a_time(assess)(command, unit)
+
+
+async def assess_batch(
+    batch: Sequence[Incoming[Assess]],
+    unit: UnitOfWork,
+    defaults: Limits,
+    now: datetime,
+    view_is_current: ViewCheck | None = None,
+) -> Results:
+    """`assess_movements` of many commands, decided one after another on the payers as the
+    earlier ones left them, all at `now`, and saved together.
+
+    Raises CommandNotReady when the view may be behind for any command of the batch (the
+    service then serves each alone, so only that one is asked again); the view is asked
+    only about the commands whose decision rests on it.
+    """
+    commands = [incoming.command for incoming in batch]
+    book = await _Book.load(unit, commands)
+    parties = [a for command in commands for a in _parties_of(command)]
     views = await account_views(unit.connection, unit.store.schema, parties)
-    if (view_is_current is not None and _may_be_stale(parties, views)
-            and not await view_is_current(command.command_id)):
-        raise CommandNotReady("the view of accounts is catching up with the account service")
-    evolved = dict(payers)
-    decided: list[tuple[str, RiskEvent]] = []
-    for movement in movements:
+    await _require_current_view(commands, views, view_is_current)
+
+    def assess(command: Assess) -> Decision:
+        return _assess(book, command, views, defaults, now)
+
+    results: Results = decide_each(batch, assess)
+    await book.save()
+    return results
+
+
+async def commit_batch(
+    batch: Sequence[Incoming[Commit]], unit: UnitOfWork, now: datetime
+) -> Results:
+    """The movements happened: commit each one's open exposure on its payer (its outflow
+    counted at `now`); an exposure ended already is left as it is."""
+    book = await _Book.load(unit, [incoming.command for incoming in batch])
+
+    def commit(command: Commit) -> Decision:
+        book.decide_in_turn(command.movements, lambda state, movement: domain.commit(
+            state, command.transfer_id, movement.leg_id, now))  # fmt: skip
+        return Decision(transfer_id=command.transfer_id, approved=True)
+
+    results: Results = decide_each(batch, commit)
+    await book.save()
+    return results
+
+
+async def release_batch(batch: Sequence[Incoming[Release]], unit: UnitOfWork) -> Results:
+    """The movements will not happen: release each one's open exposure on its payer; an
+    exposure ended already is left as it is."""
+    book = await _Book.load(unit, [incoming.command for incoming in batch])
+
+    def release(command: Release) -> Decision:
+        book.decide_in_turn(command.movements, lambda state, movement: domain.release(
+            state, command.transfer_id, movement.leg_id))  # fmt: skip
+        return Decision(transfer_id=command.transfer_id, approved=True)
+
+    results: Results = decide_each(batch, release)
+    await book.save()
+    return results
+
+
+def _assess(
+    book: _Book, command: Assess, views: dict[str, AccountView], defaults: Limits,
+    now: datetime,
+) -> Decision:
+    """Decide every movement of one command; keep all approvals or only the refusals."""
+
+    def assess(state: RiskState, movement: Movement) -> list[RiskEvent]:
         request = MovementRequest(
             transfer_id=command.transfer_id, leg_id=movement.leg_id,
             amount_minor=movement.amount_minor, currency=movement.currency,
             payer=views.get(movement.from_account), payee=views.get(movement.to_account),
         )  # fmt: skip
-        events = domain.assess(evolved[movement.from_account], request, defaults, now)
-        evolved[movement.from_account] = domain.fold(evolved[movement.from_account], events)
-        decided.extend((movement.from_account, event) for event in events)
+        return domain.assess(state, request, defaults, now)
+
+    decided = book.decided_in_turn(command.movements, assess)
     refusals = [(payer, e) for payer, e in decided if isinstance(e, MovementRefused)]
-    await _save_all(unit, payers, refusals or decided)
+    for payer, event in refusals or decided:
+        book.record(payer, [event])
     if not refusals:
         return Decision(transfer_id=command.transfer_id, approved=True)
     first = refusals[0][1]
@@ -124,44 +196,75 @@ async def assess_movements(
     )
 
 
+async def _require_current_view(
+    commands: Sequence[Assess], views: dict[str, AccountView], view_is_current: ViewCheck | None
+) -> None:
+    """Raise CommandNotReady for the first command whose refusal could rest on a view that
+    is still catching up with the account events published before it."""
+    if view_is_current is None:
+        return
+    for command in commands:
+        if (_may_be_stale(_parties_of(command), views)
+                and not await view_is_current(command.command_id)):  # fmt: skip
+            raise CommandNotReady("the view of accounts is catching up with the account service")
+
+
 def _may_be_stale(parties: set[str], views: dict[str, AccountView]) -> bool:
     """Whether a refusal would rest on something a newer account event may undo: an account
     not known yet, or known as frozen (an unfreeze may be on its way; closed is final)."""
-    return bool(parties - views.keys()) or any(v.status == "frozen" for v in views.values())
+    return any(party not in views or views[party].status == "frozen" for party in parties)
 
 
-async def _end_each(
-    unit: UnitOfWork,
-    movements: Sequence[Movement],
-    end: Callable[[RiskState, str], list[RiskEvent]],
-) -> None:
-    """Commit or release each movement's exposure on its payer; an ended one is left as is."""
-    payers = await _locked_states(unit, (m.from_account for m in movements))
-    evolved = dict(payers)
-    decided: list[tuple[str, RiskEvent]] = []
-    for movement in movements:
-        events = end(evolved[movement.from_account], movement.leg_id)
-        evolved[movement.from_account] = domain.fold(evolved[movement.from_account], events)
-        decided.extend((movement.from_account, event) for event in events)
-    await _save_all(unit, payers, decided)
+def _parties_of(command: Assess) -> set[str]:
+    """Every account a command's movements pay from or to."""
+    return {a for m in command.movements for a in (m.from_account, m.to_account)}
 
 
-async def _locked_states(unit: UnitOfWork, account_ids: Iterable[str]) -> dict[str, RiskState]:
-    """Lock each account's risk stream (in id order, for this transaction), then load it."""
-    states: dict[str, RiskState] = {}
-    for account_id in sorted(set(account_ids)):
-        await unit.connection.execute(
-            "select pg_advisory_xact_lock(hashtext($1), hashtext($2))",
-            unit.store.schema, stream_of(account_id),
-        )
-        states[account_id] = await repository.load(unit.store, unit.connection, account_id)
-    return states
+class _Book:
+    """The payers of a batch of commands: locked and loaded once, evolved command by
+    command, and saved once."""
 
+    def __init__(self, unit: UnitOfWork, loaded: dict[str, RiskState]) -> None:
+        self._unit = unit
+        self._loaded = loaded
+        self._states = dict(loaded)
+        self._events: dict[str, list[NewEvent]] = {account_id: [] for account_id in loaded}
 
-async def _save_all(
-    unit: UnitOfWork, loaded: dict[str, RiskState], decided: Sequence[tuple[str, RiskEvent]]
-) -> None:
-    """Append each account's events once, against the version it was loaded at."""
-    for account_id, state in loaded.items():
-        events = [event for payer, event in decided if payer == account_id]
-        await repository.save(unit, state, events)
+    @classmethod
+    async def load(cls, unit: UnitOfWork, commands: Iterable[_Movements]) -> _Book:
+        """Lock and load every paying account of the commands (in account id order)."""
+        payers = [m.from_account for command in commands for m in command.movements]
+        return cls(unit, await repository.load_many(unit.store, unit.connection, payers))
+
+    def decided_in_turn(
+        self, movements: Sequence[Movement], decide: _Decide
+    ) -> list[tuple[str, RiskEvent]]:
+        """Each movement's events on its payer, `(payer, event)`, each decided on the state
+        the earlier ones left; the book itself is left as it is."""
+        evolved: dict[str, RiskState] = {}
+        decided: list[tuple[str, RiskEvent]] = []
+        for movement in movements:
+            payer = movement.from_account
+            state = evolved.get(payer, self._states[payer])
+            events = decide(state, movement)
+            evolved[payer] = domain.fold(state, events)
+            decided.extend((payer, event) for event in events)
+        return decided
+
+    def decide_in_turn(self, movements: Sequence[Movement], decide: _Decide) -> None:
+        """`decided_in_turn`, every event kept."""
+        for payer, event in self.decided_in_turn(movements, decide):
+            self.record(payer, [event])
+
+    def record(self, account_id: str, events: Sequence[RiskEvent]) -> None:
+        """Keep the account's `events` (with the current context as their metadata) and
+        fold them into its state."""
+        self._events[account_id].extend(to_new_event(event) for event in events)
+        self._states[account_id] = domain.fold(self._states[account_id], list(events))
+
+    async def save(self) -> None:
+        """Append each payer's new events, all in one round trip, in account id order."""
+        await repository.save_many(self._unit, [
+            (self._loaded[account_id], self._events[account_id])
+            for account_id in sorted(self._events)
+        ])  # fmt: skip
