@@ -96,13 +96,14 @@ async def record_replies(
 ) -> set[uuid.UUID]:
     """`record_reply` of many `(command_id, endpoint, reply)` in one statement; the ids
     recorded now (one answered already keeps its first reply and is not among them)."""
+    ordered = sorted(replies, key=lambda reply: reply[0])  # one order for every writer
     rows = await executor.fetch(
         f"insert into {schema}.command_replies (command_id, endpoint, reply)"
         " select * from unnest($1::uuid[], $2::text[], $3::jsonb[])"
         " on conflict do nothing returning command_id",
-        [command_id for command_id, _, _ in replies],
-        [endpoint for _, endpoint, _ in replies],
-        [canonical_json(reply).decode() for _, _, reply in replies],
+        [command_id for command_id, _, _ in ordered],
+        [endpoint for _, endpoint, _ in ordered],
+        [canonical_json(reply).decode() for _, _, reply in ordered],
     )
     return {row[0] for row in rows}
 

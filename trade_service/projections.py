@@ -84,7 +84,6 @@ class SettlementsProjection(Projection):
                     state.version, event.recorded_at,
                 )
 
-
     async def apply_batch(
         self, connection: Connection, table: str, events: Sequence[RecordedEvent]
     ) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from eventstore import Append, EventStore, NewEvent, RecordedEvent, UnitOfWork
 from eventstore._db import Executor
 from trade_service.contracts import TradeEvent
-from trade_service.domain import Settlement, SettlementNotFound
+from trade_service.domain import Settlement, SettlementKind, SettlementNotFound
 from trade_service.events import stream_of, to_new_event
 from trade_service.projections import SETTLEMENT_COLUMNS, TABLE, state_from_row
 
@@ -31,12 +31,25 @@ async def load(
 async def load_many(
     store: EventStore, executor: Executor, transfer_ids: Sequence[str]
 ) -> dict[str, Settlement]:
-    """`load(..., for_update=True)` of many settlements in one statement, their rows locked
-    in id order; those never requested are not in the result."""
+    """`load(..., for_update=True)` of many settlements in two statements: their streams
+    locked first, then their rows, both in id order; those never requested are not in the
+    result.
+
+    The streams' locks (the event store's per-stream lock, which takes no transaction id)
+    come first, so that this transaction's id is younger than the last writer's of every
+    stream it appends to (docs/append-order.md). A settlement's kind is only known from its
+    row, so both of its possible streams are locked."""
+    ids = sorted(set(transfer_ids))
+    streams = sorted(stream_of(kind, transfer_id) for kind in SettlementKind for transfer_id in ids)
+    await executor.execute(
+        "select count(pg_advisory_xact_lock(hashtext($1), hashtext(stream)))"
+        " from unnest($2::text[]) as stream",
+        store.schema, streams,
+    )  # fmt: skip
     rows = await executor.fetch(
         f"select {SETTLEMENT_COLUMNS} from {store.schema}.{TABLE}"
         " where transfer_id = any($1::text[]) order by transfer_id for update",
-        sorted(set(transfer_ids)),
+        ids,
     )
     return {row["transfer_id"]: state_from_row(row) for row in rows}
 

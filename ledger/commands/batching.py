@@ -51,6 +51,10 @@ class RequestQueue(Generic[ItemT]):
             # A context of its own: the server answers every sender, not the one that woke it.
             self._server = asyncio.create_task(self._serve_queued(), context=Context())
 
+    def clear(self) -> None:
+        """Forget the items not yet in a batch (after the server was cancelled at shutdown)."""
+        self._queue.clear()
+
     async def _serve_queued(self) -> None:
         """Serve batches until the queue is empty."""
         try:

@@ -71,7 +71,6 @@ class CommandFailed(Exception):
         self.code = code
 
 
-
 def decide_each(
     batch: Sequence[Incoming[CommandT]], decide: Callable[[CommandT], ReplyT]
 ) -> list[ReplyT | CommandRefused]:

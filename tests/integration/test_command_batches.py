@@ -173,7 +173,7 @@ async def test_a_refused_command_leaves_no_effect_while_its_batch_commits(
 
 
 async def test_a_batch_that_fails_is_served_again_one_command_at_a_time(
-    nc: Client, store: EventStore, service_name: str
+    nc: Client, store: EventStore, service_name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     endpoint = BatchDeposits()
     broken = deposit(BOOM_MINOR, "c1")
@@ -187,6 +187,7 @@ async def test_a_batch_that_fails_is_served_again_one_command_at_a_time(
                                         Deposited(account_id="c3", stream_version=1)]
     assert [await stream_length(store, a) for a in ("c0", "c1", "c2", "c3")] == [1, 0, 1, 1]
     assert not await recorded(store, broken)
+    assert "failed; served one by one" in caplog.text  # a failure only batches show is loud
     assert all([await recorded(store, command) for command in commands if command != broken])
 
 
