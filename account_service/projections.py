@@ -28,7 +28,7 @@ from account_service.contracts import (
 )
 from account_service.domain import AccountState, Hold, HoldStatus, Status, evolve
 from account_service.events import account_id_of, from_recorded
-from eventstore import Projection, RecordedEvent
+from eventstore import Projection, RecordedEvent, unnest_columns
 from eventstore._db import Connection
 
 BALANCE_COLUMNS = (
@@ -124,7 +124,7 @@ class BalancesProjection(Projection):
         await connection.execute(
             f"insert into {table} ({BALANCE_COLUMNS})"
             f" select * from unnest({_placeholders(_BALANCE_TYPES)}) {_BALANCE_UPSERT}",
-            *_columns([row.values() for row in folded]),
+            *unnest_columns([row.values() for row in folded]),
         )
 
 
@@ -193,7 +193,7 @@ class EntriesProjection(Projection):
         await connection.execute(
             f"insert into {table} ({_ENTRY_COLUMNS})"
             f" select * from unnest({_placeholders(_ENTRY_TYPES)})",
-            *_columns(entries),
+            *unnest_columns(entries),
         )
 
 
@@ -256,7 +256,7 @@ class HoldsProjection(Projection):
                 "   as u(hold_id, account_id, status, updated_at)"
                 " where h.hold_id = u.hold_id and h.account_id = u.account_id"
                 " and h.status = 'open'",
-                *_columns([end.values() for end in ends]),
+                *unnest_columns([end.values() for end in ends]),
             )
             assert result == f"UPDATE {len(ends)}", "a hold ends once, and only after it was placed"
         if started:
@@ -264,7 +264,7 @@ class HoldsProjection(Projection):
             await connection.execute(
                 f"insert into {table} ({_HOLD_COLUMNS})"
                 f" select * from unnest({_placeholders(_HOLD_TYPES)})",
-                *_columns([hold.values() for hold in started]),
+                *unnest_columns([hold.values() for hold in started]),
             )
 
 
@@ -412,11 +412,6 @@ def _started_hold(
 def _placeholders(types: str) -> str:
     """`$1::t1, $2::t2, ...` for a comma-separated list of array types."""
     return ", ".join(f"${i}::{t.strip()}" for i, t in enumerate(types.split(","), start=1))
-
-
-def _columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
-    """Rows turned into one list per column: the arrays `unnest` turns back into rows."""
-    return [list(column) for column in zip(*rows, strict=True)]
 
 
 def state_from_row(row: Any) -> AccountState:

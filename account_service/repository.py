@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import orjson
 
+import eventstore
 from account_service.contracts import AccountEvent
 from account_service.domain import AccountNotFound, AccountState, fold
 from account_service.events import account_id_of, decode, stream_of, to_new_event
@@ -89,19 +90,10 @@ async def load_many(
 
 async def lock_streams(store: EventStore, executor: Executor, account_ids: Iterable[str]
                        ) -> None:  # fmt: skip
-    """Queue for the accounts' streams (in id order) on the event store's per-stream lock,
-    which takes no transaction id: taken before any row lock, the transaction's id comes
-    after the streams' last writers', so its appends are never refused as out of commit
-    order (docs/append-order.md). Held until the transaction ends; taking it again is free.
-
-    One statement for all of them: the function scan of `unnest` yields (and so locks)
-    the streams in the array's order, which is sorted here."""
-    streams = [stream_of(account_id) for account_id in sorted(set(account_ids))]
-    await executor.execute(
-        "select count(pg_advisory_xact_lock(hashtext($1), hashtext(stream)))"
-        " from unnest($2::text[]) as stream",
-        store.schema, streams,
-    )  # fmt: skip
+    """Queue for the accounts' streams on the event store's per-stream lock, in id order
+    (`eventstore.lock_streams`), before any row lock; held until the transaction ends."""
+    await eventstore.lock_streams(executor, store.schema,
+                                  [stream_of(account_id) for account_id in account_ids])
 
 
 async def require(

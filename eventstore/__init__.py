@@ -10,6 +10,7 @@ audit of hash chains) is exported here too; the modules behind it are private de
 """
 
 from eventstore.audit import ChainReport, verify_chains
+from eventstore.batching import lock_streams, unnest_columns
 from eventstore.errors import (
     AppendOnlyViolation,
     ConcurrencyError,
@@ -89,6 +90,7 @@ __all__ = [
     "TransientConflict",
     "UnitOfWork",
     "Upcasters",
+    "lock_streams",
     "mark_all_handled",
     "mark_handled",
     "projection_subscription",
@@ -100,5 +102,6 @@ __all__ = [
     "replay_estimate",
     "store_response",
     "stored_response",
+    "unnest_columns",
     "verify_chains",
 ]

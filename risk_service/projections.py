@@ -12,7 +12,7 @@ from typing import Any, Final
 
 import orjson
 
-from eventstore import Projection, RecordedEvent
+from eventstore import Projection, RecordedEvent, unnest_columns
 from eventstore._db import Connection
 from risk_service.contracts import Limits
 from risk_service.domain import Exposure, RiskState, evolve, initial_state
@@ -87,7 +87,7 @@ class RiskStatesProjection(Projection):
         await connection.execute(
             f"insert into {table} ({STATE_COLUMNS}) select * from"
             f" unnest($1::text[], $2::jsonb[], $3::bigint[], $4::timestamptz[]) {_STATE_UPSERT}",
-            *_columns(folded),
+            *unnest_columns(folded),
         )
 
 
@@ -139,7 +139,7 @@ class DecisionsProjection(Projection):
             f"insert into {table} ({_DECISION_COLUMNS}) select * from unnest($1::bigint[],"
             " $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],"
             " $8::bigint[], $9::text[], $10::jsonb[], $11::timestamptz[])",
-            *_columns(decided),
+            *unnest_columns(decided),
         )
 
 
@@ -162,11 +162,6 @@ def _decision_row(event: RecordedEvent) -> tuple[Any, ...]:
         data.get("detail"), data["amount_minor"], data["currency"],
         orjson.dumps(data["limits"]).decode(), event.recorded_at,
     )  # fmt: skip
-
-
-def _columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
-    """Rows turned into one list per column: the arrays `unnest` turns back into rows."""
-    return [list(column) for column in zip(*rows, strict=True)]
 
 
 def state_to_json(state: RiskState) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Final
 
 import orjson
 
+import eventstore
 from eventstore import NO_STREAM, Append, EventStore, NewEvent, RecordedEvent, UnitOfWork
 from eventstore._db import Executor
 from risk_service.contracts import RiskEvent
@@ -98,18 +99,11 @@ async def _newer_events(
 
 async def lock_streams(store: EventStore, executor: Executor, account_ids: Iterable[str]
                        ) -> None:  # fmt: skip
-    """Queue for the accounts' risk streams (in id order) on the event store's per-stream
-    lock, held until the transaction ends, so that concurrent commands over one account
-    queue instead of failing on a version conflict, and never deadlock.
-
-    One statement for all of them: the function scan of `unnest` yields (and so locks) the
-    streams in the array's order, which is sorted here."""
-    streams = [stream_of(account_id) for account_id in sorted(set(account_ids))]
-    await executor.execute(
-        "select count(pg_advisory_xact_lock(hashtext($1), hashtext(stream)))"
-        " from unnest($2::text[]) as stream",
-        store.schema, streams,
-    )  # fmt: skip
+    """Queue for the accounts' risk streams on the event store's per-stream lock, in id
+    order (`eventstore.lock_streams`), so that concurrent commands over one account queue
+    instead of failing on a version conflict, and never deadlock."""
+    await eventstore.lock_streams(executor, store.schema,
+                                  [stream_of(account_id) for account_id in account_ids])
 
 
 async def save(

@@ -12,7 +12,7 @@ from typing import Any, Final
 
 import orjson
 
-from eventstore import Projection, RecordedEvent
+from eventstore import Projection, RecordedEvent, unnest_columns
 from eventstore._db import Connection
 from trade_service.contracts import (
     SettlementLeg,
@@ -113,7 +113,7 @@ class SettlementsProjection(Projection):
             " from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[],"
             " $6::timestamptz[]) as u(transfer_id, status, reason, detail, version, updated_at)"
             " where s.transfer_id = u.transfer_id",
-            *[list(column) for column in zip(*folded, strict=True)],
+            *unnest_columns(folded),
         )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from eventstore import Append, EventStore, NewEvent, RecordedEvent, UnitOfWork
+from eventstore import Append, EventStore, NewEvent, RecordedEvent, UnitOfWork, lock_streams
 from eventstore._db import Executor
 from trade_service.contracts import TradeEvent
 from trade_service.domain import Settlement, SettlementKind, SettlementNotFound
@@ -40,12 +40,8 @@ async def load_many(
     stream it appends to (docs/append-order.md). A settlement's kind is only known from its
     row, so both of its possible streams are locked."""
     ids = sorted(set(transfer_ids))
-    streams = sorted(stream_of(kind, transfer_id) for kind in SettlementKind for transfer_id in ids)
-    await executor.execute(
-        "select count(pg_advisory_xact_lock(hashtext($1), hashtext(stream)))"
-        " from unnest($2::text[]) as stream",
-        store.schema, streams,
-    )  # fmt: skip
+    streams = [stream_of(kind, transfer_id) for kind in SettlementKind for transfer_id in ids]
+    await lock_streams(executor, store.schema, streams)
     rows = await executor.fetch(
         f"select {SETTLEMENT_COLUMNS} from {store.schema}.{TABLE}"
         " where transfer_id = any($1::text[]) order by transfer_id for update",

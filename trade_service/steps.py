@@ -19,7 +19,7 @@ from typing import Any, Final
 
 from nats.aio.client import Client
 
-from eventstore import EventStore
+from eventstore import EventStore, unnest_columns
 from eventstore._db import Connection, Executor
 from ledger.bus import EVENTS_SUBJECT_PREFIX
 from ledger.consumers import (
@@ -162,7 +162,7 @@ async def record_steps(
         f" where exists (select 1 from {schema}.{SETTLEMENTS} s"
         " where s.transfer_id = u.transfer_id)"
         " on conflict (transfer_id, seq) do nothing",
-        *[list(column) for column in zip(*rows, strict=True)],
+        *unnest_columns(rows),
     )
 
 
