@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from account_service import repository
 from account_service.contracts import (
@@ -73,6 +73,8 @@ RESERVE: Final = "reserve"
 POST: Final = "post"
 VOID: Final = "void"
 _SIDES: Final = (HoldSide.DEBIT, HoldSide.CREDIT)
+_Legs = ReserveLegs | PostLegs | VoidLegs
+LegsT = TypeVar("LegsT", ReserveLegs, PostLegs, VoidLegs)
 
 
 def register_commands(service: CommandService, assets: Assets) -> None:
@@ -130,87 +132,88 @@ async def reserve_batch(
 ) -> list[LegsDone | CommandRefused]:
     """`reserve_legs` of many commands, decided one after another on the accounts as the
     earlier ones left them, and saved together."""
-    book = await _Book.load(unit, [incoming.command for incoming in batch])
-
-    def reserve(command: ReserveLegs) -> LegsDone:
-        _check_legs(command.legs, assets)
-        with book.staged():
-            book.require(_accounts_of(command.legs))
-            ended = book.ended(command.transfer_id, command.legs)
-            placed: list[str] = []
-            for leg in command.legs:
-                for side in _SIDES:
-                    hold = _hold_of(command.transfer_id, leg, side)
-                    book.decide(_account_on(leg, side), leg, partial(
-                        place_hold, hold=hold, currency=leg.currency, ended=ended
-                    ))  # fmt: skip
-                    placed.append(hold.hold_id)
-        return LegsDone(transfer_id=command.transfer_id, hold_ids=tuple(placed))
-
-    results = decide_each(batch, reserve)
-    await book.save()
-    return results
+    return await _decide_batch(batch, unit, partial(_reserve, assets=assets))
 
 
 async def post_batch(
     batch: Sequence[Incoming[PostLegs]], unit: UnitOfWork
 ) -> list[LegsDone | CommandRefused]:
     """`post_legs` of many commands, decided in turn and saved together."""
-    book = await _Book.load(unit, [incoming.command for incoming in batch])
-
-    def post(command: PostLegs) -> LegsDone:
-        _check_distinct(command.legs)
-        with book.staged():
-            book.require(_accounts_of(command.legs))
-            ended = book.ended(command.transfer_id, command.legs)
-            posted: list[str] = []
-            for leg in command.legs:
-                for side in _SIDES:
-                    account_id = _account_on(leg, side)
-                    id_of_hold = hold_id(command.transfer_id, leg.leg_id, side)
-                    hold = book.state(account_id).open_holds.get(id_of_hold)
-                    if hold is not None:
-                        _check_terms(hold, leg, account_id)
-                    book.decide(account_id, leg,
-                                partial(post_hold, hold_id=id_of_hold, ended=ended))
-                    posted.append(id_of_hold)
-        return LegsDone(transfer_id=command.transfer_id, hold_ids=tuple(posted))
-
-    results = decide_each(batch, post)
-    await book.save()
-    return results
+    return await _decide_batch(batch, unit, _post)
 
 
 async def void_batch(
     batch: Sequence[Incoming[VoidLegs]], unit: UnitOfWork
 ) -> list[LegsDone | CommandRefused]:
     """`void_legs` of many commands, decided in turn and saved together."""
+    return await _decide_batch(batch, unit, _void)
+
+
+async def _decide_batch(
+    batch: Sequence[Incoming[LegsT]], unit: UnitOfWork, decide: Callable[[_Book, LegsT], LegsDone]
+) -> list[LegsDone | CommandRefused]:
+    """Load the batch's accounts and holds, `decide` each command on them in turn (a refused
+    one leaves them as they were), and save what was decided."""
     book = await _Book.load(unit, [incoming.command for incoming in batch])
 
-    def void(command: VoidLegs) -> LegsDone:
-        _check_distinct(command.legs)
+    def staged(command: LegsT) -> LegsDone:
         with book.staged():
-            ended = book.ended(command.transfer_id, command.legs)
-            voided: list[str] = []
-            for leg in command.legs:
-                for side in _SIDES:
-                    account_id = _account_on(leg, side)
-                    if not book.exists(account_id):
-                        continue
-                    id_of_hold = hold_id(command.transfer_id, leg.leg_id, side)
-                    decision = partial(void_hold, hold_id=id_of_hold, side=side,
-                                       transfer_id=command.transfer_id, ended=ended)
-                    events = book.decide(account_id, leg, decision)
-                    if any(isinstance(e, HoldVoided) for e in events):
-                        voided.append(id_of_hold)
-        return LegsDone(transfer_id=command.transfer_id, hold_ids=tuple(voided))
+            return decide(book, command)
 
-    results = decide_each(batch, void)
+    results = decide_each(batch, staged)
     await book.save()
     return results
 
 
-_Legs = ReserveLegs | PostLegs | VoidLegs
+def _reserve(book: _Book, command: ReserveLegs, assets: Assets) -> LegsDone:
+    """Place every leg's two holds on the book."""
+    _check_legs(command.legs, assets)
+    book.require(_accounts_of(command.legs))
+    ended = book.ended(command.transfer_id, command.legs)
+    placed: list[str] = []
+    for leg in command.legs:
+        for side in _SIDES:
+            hold = _hold_of(command.transfer_id, leg, side)
+            book.decide(_account_on(leg, side), leg,
+                        partial(place_hold, hold=hold, currency=leg.currency, ended=ended))
+            placed.append(hold.hold_id)
+    return LegsDone(transfer_id=command.transfer_id, hold_ids=tuple(placed))
+
+
+def _post(book: _Book, command: PostLegs) -> LegsDone:
+    """Post every leg's two holds on the book."""
+    _check_distinct(command.legs)
+    book.require(_accounts_of(command.legs))
+    ended = book.ended(command.transfer_id, command.legs)
+    posted: list[str] = []
+    for leg in command.legs:
+        for side in _SIDES:
+            account_id = _account_on(leg, side)
+            id_of_hold = hold_id(command.transfer_id, leg.leg_id, side)
+            hold = book.state(account_id).open_holds.get(id_of_hold)
+            if hold is not None:
+                _check_terms(hold, leg, account_id)
+            book.decide(account_id, leg, partial(post_hold, hold_id=id_of_hold, ended=ended))
+            posted.append(id_of_hold)
+    return LegsDone(transfer_id=command.transfer_id, hold_ids=tuple(posted))
+
+
+def _void(book: _Book, command: VoidLegs) -> LegsDone:
+    """Void (or cancel) every leg's two holds on the accounts that exist."""
+    _check_distinct(command.legs)
+    ended = book.ended(command.transfer_id, command.legs)
+    voided: list[str] = []
+    for leg in command.legs:
+        for side in _SIDES:
+            account_id = _account_on(leg, side)
+            if not book.exists(account_id):
+                continue
+            id_of_hold = hold_id(command.transfer_id, leg.leg_id, side)
+            decision = partial(void_hold, hold_id=id_of_hold, side=side,
+                               transfer_id=command.transfer_id, ended=ended)
+            if any(isinstance(e, HoldVoided) for e in book.decide(account_id, leg, decision)):
+                voided.append(id_of_hold)
+    return LegsDone(transfer_id=command.transfer_id, hold_ids=tuple(voided))
 
 
 class _Book:
