@@ -51,7 +51,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -62,6 +62,7 @@ import asyncpg
 import httpx
 import nats
 import nats.js.errors
+from lean_http import LeanConnection
 from pydantic import SecretStr
 
 from ledger.auth import Scope, TokenSigner
@@ -78,6 +79,8 @@ FUNDING: Final = Decimal("1000000.00")
 BASELINE_DEPOSIT: Final = Decimal("0.01")
 FINAL: Final = frozenset({"completed", "rejected", "failed"})
 WAIT_S: Final = 30
+Connect = Callable[[], LeanConnection]
+"""Opens a client's own keep-alive connection to the system under test."""
 GOAL_PER_S: Final = 500.0
 GOAL_P99_MS: Final = 250.0
 
@@ -233,7 +236,7 @@ async def wait_for_risk(client: httpx.AsyncClient, account_ids: list[str], timeo
 
 
 async def run_deposits(
-    client: httpx.AsyncClient, account_ids: list[str], args: argparse.Namespace, figures: Figures
+    connect: Connect, account_ids: list[str], args: argparse.Namespace, figures: Figures
 ) -> None:
     """The baseline: one HTTP write (a deposit) per request, no saga."""
     stop_at = time.perf_counter() + args.baseline_seconds
@@ -241,19 +244,20 @@ async def run_deposits(
 
     async def depositor() -> None:
         nonlocal done
-        while time.perf_counter() < stop_at:
-            started = time.perf_counter()
-            response = await client.post(
-                f"/v1/accounts/{random.choice(account_ids)}/deposits",
-                json={"amount": str(BASELINE_DEPOSIT), "reference": "bench"},
-                headers={"Idempotency-Key": uuid.uuid4().hex},
-            )
-            if response.status_code == 201:
-                figures.deposited += BASELINE_DEPOSIT
-                done += 1
-                figures.deposit_latencies_ms.append((time.perf_counter() - started) * 1000)
-            else:
-                figures.http_errors[f"deposit {response.status_code}"] += 1
+        async with connect() as http:
+            while time.perf_counter() < stop_at:
+                started = time.perf_counter()
+                status, _ = await http.request(
+                    "POST", f"/v1/accounts/{random.choice(account_ids)}/deposits",
+                    {"amount": str(BASELINE_DEPOSIT), "reference": "bench"},
+                    {"Idempotency-Key": uuid.uuid4().hex},
+                )
+                if status == 201:
+                    figures.deposited += BASELINE_DEPOSIT
+                    done += 1
+                    figures.deposit_latencies_ms.append((time.perf_counter() - started) * 1000)
+                else:
+                    figures.http_errors[f"deposit {status}"] += 1
 
     started = time.perf_counter()
     async with asyncio.TaskGroup() as group:
@@ -278,7 +282,7 @@ def record_steps(transfer: dict[str, Any], figures: Figures) -> None:
 
 
 async def run_transfers(
-    client: httpx.AsyncClient, account_ids: list[str], args: argparse.Namespace,
+    connect: Connect, account_ids: list[str], args: argparse.Namespace,
     figures: Figures, ledger_pid: int,
 ) -> None:
     """Closed-loop clients: request a transfer, wait for its final status, again; and the CPU
@@ -289,33 +293,31 @@ async def run_transfers(
     final_deadline = stop_at + args.final_timeout
     completed_in_window = 0
 
-    async def transfer_once() -> None:
+    async def transfer_once(http: LeanConnection) -> None:
         nonlocal completed_in_window
         from_account, to_account = random.sample(account_ids, 2)
         amount = Decimal(random.randint(1, 10_000)) / 100
         started = time.perf_counter()
-        response = await client.post(
-            "/v1/transfers",
-            json={"from_account": from_account, "to_account": to_account,
-                  "amount": str(amount), "currency": CURRENCY},
-            headers={"Idempotency-Key": uuid.uuid4().hex},
+        status, body = await http.request(
+            "POST", "/v1/transfers",
+            {"from_account": from_account, "to_account": to_account, "amount": str(amount),
+             "currency": CURRENCY},
+            {"Idempotency-Key": uuid.uuid4().hex},
         )  # fmt: skip
-        if response.status_code != 202:
-            figures.http_errors[f"transfer POST {response.status_code}"] += 1
+        if status != 202:
+            figures.http_errors[f"transfer POST {status}"] += 1
             return
         counted = started >= count_from
         if counted:
             figures.requested += 1
-        transfer_id = response.json()["id"]
+        transfer_path = f"/v1/transfers/{body['id']}?wait={WAIT_S}"
         while True:
-            response = await client.get(f"/v1/transfers/{transfer_id}", params={"wait": WAIT_S})
-            if response.status_code != 200:
-                figures.http_errors[f"transfer GET {response.status_code}"] += 1
+            status, transfer = await http.request("GET", transfer_path)
+            if status != 200:
+                figures.http_errors[f"transfer GET {status}"] += 1
                 await asyncio.sleep(0.1)
-            else:
-                transfer = response.json()
-                if transfer["status"] in FINAL:
-                    break
+            elif transfer["status"] in FINAL:
+                break
             if time.perf_counter() > final_deadline:
                 if counted:
                     figures.unfinished += 1
@@ -333,8 +335,9 @@ async def run_transfers(
                 completed_in_window += 1
 
     async def transferrer() -> None:
-        while time.perf_counter() < stop_at:
-            await transfer_once()
+        async with connect() as http:
+            while time.perf_counter() < stop_at:
+                await transfer_once(http)
 
     async def measure_cpu() -> None:
         if sys.platform != "linux":
@@ -387,7 +390,7 @@ async def settle_and_check(
 
 @contextlib.asynccontextmanager
 async def ledger_up(
-    settings: Settings, port: int, data_dir: Path
+    settings: Settings, host: str, port: int, data_dir: Path
 ) -> AsyncIterator[tuple[str, int]]:
     """`ledger up --no-embedded` in a process of its own, as deployed: the clients' own CPU
     work (httpx) then competes with the system for cores, not for its event loop. Yields
@@ -410,7 +413,7 @@ async def ledger_up(
         process = await asyncio.create_subprocess_exec(
             *command, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=output, stderr=output
         )
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://{host}:{port}"
     try:
         await _until_ready(process, url, data_dir / "ledger-up.log")
         yield url, process.pid
@@ -444,7 +447,8 @@ async def serve(
     settings: Settings, args: argparse.Namespace, owner: str, data_dir: Path
 ) -> Figures:
     figures = Figures()
-    async with ledger_up(settings, free_port(), data_dir) as (url, ledger_pid):
+    host, port = "127.0.0.1", free_port()
+    async with ledger_up(settings, host, port, data_dir) as (url, ledger_pid):
         # Idle connections are dropped after 1 s, before uvicorn's 5 s keep-alive closes them
         # under a request about to be sent (an httpx.ReadError).
         limits = httpx.Limits(max_connections=args.clients + 8,
@@ -459,8 +463,11 @@ async def serve(
             await wait_for_risk(client, account_ids, timeout_s=args.final_timeout * 3)
             log(f"  {time.perf_counter() - started:.1f} s")
             log(f"baseline: HTTP deposits for {args.baseline_seconds:.0f} s")
-            await run_deposits(client, account_ids, args, figures)
-            await run_transfers(client, account_ids, args, figures, ledger_pid)
+            def connect() -> LeanConnection:
+                return LeanConnection(host, port, {"Authorization": f"Bearer {token}"})
+
+            await run_deposits(connect, account_ids, args, figures)
+            await run_transfers(connect, account_ids, args, figures, ledger_pid)
             log("waiting until every transfer is final, then checking the balances")
             await settle_and_check(client, owner, args, figures)
             figures.deposited += FUNDING * len(account_ids)
