@@ -24,7 +24,7 @@ from eventstore import EventStore
 from eventstore.notifier import Notifier
 from trade_service import queries
 from trade_service.contracts import SettlementStatus
-from trade_service.domain import SettlementKind, SettlementNotFound
+from trade_service.domain import SettlementKind
 from trade_service.projections import SETTLEMENT_COLUMNS, TABLE
 
 MAX_LOOK_ROWS: Final = 500
@@ -63,8 +63,8 @@ class SettlementWatch:
                 await watch._watcher
 
     async def final_row(self, transfer_id: str, wait_s: float) -> Any | None:
-        """The settlement's row once final; None when it is not within `wait_s` seconds.
-        Raises SettlementNotFound when there is no settlement with that id."""
+        """The settlement's row once final; None when it is not final (or not there) within
+        `wait_s` seconds."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(transfer_id, []).append(future)
         self._is_added.set()
@@ -97,20 +97,21 @@ class SettlementWatch:
                 _log.warning("settlements watch: the look failed", exc_info=True)
                 rows = {}
             for transfer_id, row in rows.items():
-                if row is None or row["status"] != SettlementStatus.PENDING:
-                    for future in self._waiting.get(transfer_id, []):
-                        if not future.done():
-                            _settle(future, transfer_id, row)
+                for future in self._waiting.get(transfer_id, []):
+                    if not future.done():
+                        future.set_result(row)
             if self._waiting:
                 await self._wait_past(seen)
 
     async def _look(self, ids: list[str]) -> dict[str, Any]:
-        rows: dict[str, Any] = dict.fromkeys(ids)
+        """The rows of `ids` that are final (a pending row is not worth decoding: under load
+        most waited-for settlements are still pending at each look)."""
+        rows: dict[str, Any] = {}
         for start in range(0, len(ids), MAX_LOOK_ROWS):
             for row in await self._store.pool.fetch(
                 f"select {SETTLEMENT_COLUMNS} from {self._store.schema}.{TABLE}"
-                " where transfer_id = any($1::text[])",
-                ids[start : start + MAX_LOOK_ROWS],
+                " where transfer_id = any($1::text[]) and status <> $2",
+                ids[start : start + MAX_LOOK_ROWS], SettlementStatus.PENDING.value,
             ):
                 rows[row["transfer_id"]] = row
         return rows
@@ -128,13 +129,6 @@ class SettlementWatch:
                 waiter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(appended, added, return_exceptions=True)
-
-
-def _settle(future: asyncio.Future[Any], transfer_id: str, row: Any) -> None:
-    if row is None:
-        future.set_exception(SettlementNotFound(transfer_id))
-    else:
-        future.set_result(row)
 
 
 async def settled_row(
