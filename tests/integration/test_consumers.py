@@ -496,3 +496,57 @@ async def test_a_batch_handler_takes_the_new_events_of_a_fetch_and_a_failed_one_
     assert by_batches
     assert by_batches == [event_id for event_id in later_ids if event_id in by_batches]
     assert handled(token, "applied") == 10
+
+
+async def test_a_consumer_narrowed_by_only_is_delivered_just_those_subjects(
+    store: EventStore, applied_table: str, token: str, tmp_path: Path
+) -> None:
+    # Its own server: the session's may predate several filter subjects (NATS 2.10).
+    server = EmbeddedNats(tmp_path / "nats")
+    client = await connect([server.start()], "test-only")
+    try:
+        js = client.jetstream()
+        await ensure_streams(js, Settings())
+        wanted = [await publish_event(js, token, "AccountOpened") for _ in range(2)]
+        for _ in range(3):
+            await publish_event(js, token, "Deposited")
+        # Given the durable exists with the whole wildcard, as before `only` was given,
+        await DurableConsumer(client, store, token, f"ledger.{token}.>",
+                              recording(applied_table), _FAST).ensure()  # fmt: skip
+        narrowed = DurableConsumer(
+            client, store, token, f"ledger.{token}.>", recording(applied_table), _FAST,
+            only=[f"ledger.{token}.account.AccountOpened", f"ledger.{token}.account.Closed"],
+        )
+
+        async def all_applied() -> bool:
+            return len(await applied_counts(store, applied_table)) == 2
+
+        await run_until(narrowed, all_applied)
+
+        assert narrowed.filters() == (f"ledger.{token}.account.AccountOpened",
+                                      f"ledger.{token}.account.Closed")  # fmt: skip
+        info = await js.consumer_info(_FAST.stream, token)
+        assert info.config.filter_subjects == list(narrowed.filters())
+        assert await applied_counts(store, applied_table) == Counter(wanted)
+        marked = await store.pool.fetch(
+            f"select message_id from {store.schema}.inbox where consumer = $1", token
+        )
+        assert sorted(row["message_id"] for row in marked) == sorted(wanted)
+        assert handled(token, "applied") == 2
+        assert await narrowed.pending_count() == 0
+    finally:
+        await client.close()
+        server.stop()
+
+
+async def test_a_server_before_nats_2_10_is_given_the_wildcard_instead_of_only(
+    nc: Client, store: EventStore, token: str
+) -> None:
+    consumer = DurableConsumer(nc, store, token, f"ledger.{token}.>", recording("unused"),
+                               only=[f"ledger.{token}.account.AccountOpened"])  # fmt: skip
+    version = nc.connected_server_version
+    honours_several = (version.major, version.minor) >= (2, 10)
+
+    assert consumer.filters() == (
+        (f"ledger.{token}.account.AccountOpened",) if honours_several else (f"ledger.{token}.>",)
+    )
