@@ -78,12 +78,11 @@ def account_consumer(
     subject_prefix: str = ACCOUNT_EVENTS_PREFIX,
 ) -> DurableConsumer:
     """The durable consumer that keeps `risk_accounts`; call `ensure_table` before running it."""
-    # Only the four lifecycle subjects where the server honours several filter subjects
-    # (NATS 2.10); an older one is given the wildcard, and the handler skips the other
-    # account events (each then costs a delivery, an inbox row and an ack).
+    # One wildcard, not the four lifecycle subjects: several filter subjects need NATS 2.10,
+    # and an older server silently ignores them and delivers the whole stream. The handler
+    # skips the other account events (each still costs an inbox row).
     return DurableConsumer(
-        nc, store, durable_name, f"{subject_prefix}.>", _handler(store.schema), options,
-        only=tuple(f"{subject_prefix}.{event_type}" for event_type in STATUS_AFTER),
+        nc, store, durable_name, f"{subject_prefix}.>", _handler(store.schema), options
     )
 
 

@@ -16,7 +16,7 @@ from saga.api import router as api_router
 from saga.contracts import CATEGORY
 from saga.definition import Participants
 from saga.log import SagaRunsProjection
-from saga.orchestrator import STARTING_EVENT_TYPES, Orchestrator, utc_now
+from saga.orchestrator import Orchestrator, utc_now
 
 STARTING_SUBJECT = "ledger.trade.>"
 """Every event of the trade service (the NATS server may not take several filters); the
@@ -65,7 +65,6 @@ class SagaService:
         consumer = DurableConsumer(
             runtime.nc, runtime.store, f"{runtime.store.schema}-starter", self._starting_subject,
             orchestrator.start_from_event, ConsumerOptions.from_settings(runtime.settings),
-            only=_starting_subjects(self._starting_subject),
         )  # fmt: skip
         await consumer.ensure()
         runtime.spawn(consumer.run, "starter")
@@ -81,12 +80,3 @@ class SagaService:
             self._consumer.stop()
             self._consumer = None
         self.orchestrator = None
-
-
-def _starting_subjects(starting_subject: str) -> tuple[str, ...]:
-    """The subjects of the events that start sagas, within `<prefix>.>` (`<prefix>.<category>
-    .<EventType>`); none to narrow to when the subject is not such a wildcard."""
-    if not starting_subject.endswith(".>"):
-        return ()
-    prefix = starting_subject.removesuffix(".>")
-    return tuple(f"{prefix}.*.{event_type}" for event_type in STARTING_EVENT_TYPES)

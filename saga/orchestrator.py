@@ -54,8 +54,6 @@ _STARTING_EVENTS: Final[dict[str, type[TransferRequested] | type[TradeRequested]
     "TransferRequested": TransferRequested,
     "TradeRequested": TradeRequested,
 }
-STARTING_EVENT_TYPES: Final = tuple(_STARTING_EVENTS)
-"""The trade service's events that start a saga (`start_from_event` skips the others)."""
 _MAX_ACTIONS_PER_CLAIM: Final = 64
 """Bounds one worker's turn on one saga (a saga that never waits cannot starve others)."""
 _CLAIMS_IN_FLIGHT: Final = 4

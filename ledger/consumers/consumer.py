@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable
 from dataclasses import replace
 from typing import Final
 
@@ -38,8 +38,6 @@ from ledger.consumers.pulls import PullBatches
 _log = logging.getLogger(__name__)
 
 _MAX_ERROR_CHARS: Final = 500
-_SEVERAL_FILTERS_SINCE: Final = (2, 10)
-"""The NATS server version that first honours a consumer's `filter_subjects`."""
 _MAX_RETRY_PAUSE_S: Final = 5.0
 _FIRST_RETRY_PAUSE_S: Final = 0.1
 
@@ -76,20 +74,12 @@ class DurableConsumer:
         options: ConsumerOptions | None = None,
         *,
         handle_all: ConsumerBatchHandler | None = None,
-        only: Sequence[str] = (),
     ) -> None:
         """`handler` applies one event; `handle_all`, when given, a fetched batch's new
         events at once (with the same effect), and `handler` is then used only when a
-        batch is handled again message by message.
-
-        `only`, when given, names the subjects within `filter_subject` that the handler acts
-        on: a server that honours several filter subjects (NATS 2.10 and newer) then
-        delivers only those. An older one ignores them silently and would deliver the whole
-        stream, so it is given `filter_subject`, and the handler must still skip the rest.
-        """
+        batch is handled again message by message."""
         self.durable_name = durable_name
         self.filter_subject = filter_subject
-        self.only = tuple(only)
         self.options = options or ConsumerOptions()
         self._nc = nc
         self._js: JetStreamContext = nc.jetstream()
@@ -398,20 +388,11 @@ class DurableConsumer:
         for msg in messages:
             await _quietly(msg.nak())
 
-    def filters(self) -> tuple[str, ...]:
-        """The filter subjects the server is asked for: `only` where it honours several."""
-        version = self._nc.connected_server_version
-        if self.only and (version.major, version.minor) >= _SEVERAL_FILTERS_SINCE:
-            return self.only
-        return (self.filter_subject,)
-
     def _config(self) -> ConsumerConfig:
-        filters = self.filters()
         return ConsumerConfig(
             name=self.durable_name,
             durable_name=self.durable_name,
-            filter_subject=filters[0] if len(filters) == 1 else None,
-            filter_subjects=list(filters) if len(filters) > 1 else None,
+            filter_subject=self.filter_subject,
             deliver_policy=DeliverPolicy.ALL,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=self.options.ack_wait_s,
