@@ -2,12 +2,15 @@
 
     python benchmarks/transfers.py [--dsn DSN] [--nats URL] [--accounts 1000] [--clients 64]
                                    [--seconds 15] [--warmup 2] [--baseline-seconds 5]
+                                   [--per-service] [--logs DIR]
 
 Starts the whole system with `ledger up --no-embedded` in a process of its own (every
-service in one process, on a free local port), against fresh schemas
-`bench<random>_<service>` dropped at the end; the clients run in this process, so their
-work competes with the system's for the cores, not for its event loop. Then, through HTTP
-only:
+service in one process, on a free local port), or with `--per-service` one `ledger serve
+<service>` process per service as production runs them (`system_under_test.py`), against
+fresh schemas `bench<random>_<service>` dropped at the end; the clients run in this
+process, so their work competes with the system's for the cores, not for its event loop.
+They use a lean HTTP/1.1 client (`lean_http.py`, docs/benchmark-clients.md) for the timed
+requests. Then, through HTTP only:
 
   1. opens `--accounts` accounts and funds each with a deposit, then waits until the risk
      service has seen every one (it learns accounts from account events over NATS);
@@ -30,8 +33,8 @@ and the figures would count their work. The run refuses such a stream (exit 2) u
 `--purge-events` allows it to purge `ledger.>` from it first; when it found none, it purges
 its own events at the end, so the next run finds the stream clean.
 Figures go to stdout, one per line with the goal beside; progress goes to stderr. Besides
-the rates, a run prints the CPU each process of this machine (the ledger, PostgreSQL,
-nats-server, the clients) used per completed transfer in the timed window: on a shared
+the rates, a run prints the CPU each process of this machine (the ledger's processes,
+PostgreSQL, nats-server, the clients) used per completed transfer in the timed window: on a shared
 machine a steadier figure than transfers/s for comparing two versions (in several
 alternating pairs: it moves too).
 """
@@ -40,18 +43,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import random
 import secrets
-import signal
 import statistics
 import sys
 import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -64,10 +65,11 @@ import nats
 import nats.js.errors
 from lean_http import LeanConnection
 from pydantic import SecretStr
+from system_under_test import running
 
 from ledger.auth import Scope, TokenSigner
 from ledger.bus import EVENTS_SUBJECT_PREFIX
-from ledger.embedded import free_port, servers
+from ledger.embedded import servers
 from ledger.logs import configure_logging
 from ledger.services import available_services
 from ledger.settings import Settings
@@ -79,8 +81,8 @@ FUNDING: Final = Decimal("1000000.00")
 BASELINE_DEPOSIT: Final = Decimal("0.01")
 FINAL: Final = frozenset({"completed", "rejected", "failed"})
 WAIT_S: Final = 30
-Connect = Callable[[], LeanConnection]
-"""Opens a client's own keep-alive connection to the system under test."""
+Connect = Callable[[str], LeanConnection]
+"""Opens a client's own keep-alive connection to a service of the system under test."""
 GOAL_PER_S: Final = 500.0
 GOAL_P99_MS: Final = 250.0
 
@@ -98,6 +100,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--baseline-seconds", type=float, default=5.0)
+    parser.add_argument("--per-service", action="store_true",
+                        help="Run each service in a process of its own (`ledger serve"
+                             " <service>`), as production does, not `ledger up`.")  # fmt: skip
+    parser.add_argument("--logs", type=Path, default=None,
+                        help="Keep the ledger processes' logs in this directory.")
     parser.add_argument("--final-timeout", type=float, default=60.0,
                         help="Longest wait, after the load, for every transfer to be final.")
     parser.add_argument("--purge-events", action="store_true",
@@ -139,11 +146,11 @@ CPU_GROUPS: Final = ("postgres", "nats-server")
 """Processes of this machine, by name, whose CPU a run reports besides the ledger's own."""
 
 
-def cpu_snapshot(ledger_pid: int) -> dict[str, float]:
-    """CPU seconds (user + system) so far of the `ledger up` process, of every process of
+def cpu_snapshot(ledger_pids: Collection[int]) -> dict[str, float]:
+    """CPU seconds (user + system) so far of the ledger's processes, of every process of
     this machine named in CPU_GROUPS (servers elsewhere count nothing), and of this one."""
     ticks = os.sysconf("SC_CLK_TCK")
-    totals = dict.fromkeys(("ledger up", *CPU_GROUPS, "clients"), 0.0)
+    totals = dict.fromkeys(("ledger", *CPU_GROUPS, "clients"), 0.0)
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             head, tail = stat.read_text().rsplit(")", 1)
@@ -152,8 +159,8 @@ def cpu_snapshot(ledger_pid: int) -> dict[str, float]:
         fields = tail.split()
         used = (int(fields[11]) + int(fields[12])) / ticks
         name = head.split("(", 1)[1]
-        if int(stat.parent.name) == ledger_pid:
-            totals["ledger up"] += used
+        if int(stat.parent.name) in ledger_pids:
+            totals["ledger"] += used
         elif name in CPU_GROUPS:
             totals[name] += used
     totals["clients"] = time.process_time()
@@ -244,7 +251,7 @@ async def run_deposits(
 
     async def depositor() -> None:
         nonlocal done
-        async with connect() as http:
+        async with connect("account") as http:
             while time.perf_counter() < stop_at:
                 started = time.perf_counter()
                 status, _ = await http.request(
@@ -283,7 +290,7 @@ def record_steps(transfer: dict[str, Any], figures: Figures) -> None:
 
 async def run_transfers(
     connect: Connect, account_ids: list[str], args: argparse.Namespace,
-    figures: Figures, ledger_pid: int,
+    figures: Figures, ledger_pids: Collection[int],
 ) -> None:
     """Closed-loop clients: request a transfer, wait for its final status, again; and the CPU
     every process used in the timed window."""
@@ -335,7 +342,7 @@ async def run_transfers(
                 completed_in_window += 1
 
     async def transferrer() -> None:
-        async with connect() as http:
+        async with connect("trade") as http:
             while time.perf_counter() < stop_at:
                 await transfer_once(http)
 
@@ -343,9 +350,9 @@ async def run_transfers(
         if sys.platform != "linux":
             return  # not Linux: no figure rather than a wrong one
         await asyncio.sleep(count_from - time.perf_counter())
-        before = cpu_snapshot(ledger_pid)
+        before = cpu_snapshot(ledger_pids)
         await asyncio.sleep(stop_at - time.perf_counter())
-        after = cpu_snapshot(ledger_pid)
+        after = cpu_snapshot(ledger_pids)
         figures.cpu_s = {name: after[name] - before[name] for name in after}
 
     log(f"transfers: warming up {args.warmup:.0f} s, timing {args.seconds:.0f} s")
@@ -388,86 +395,34 @@ async def settle_and_check(
             break
 
 
-@contextlib.asynccontextmanager
-async def ledger_up(
-    settings: Settings, host: str, port: int, data_dir: Path
-) -> AsyncIterator[tuple[str, int]]:
-    """`ledger up --no-embedded` in a process of its own, as deployed: the clients' own CPU
-    work (httpx) then competes with the system for cores, not for its event loop. Yields
-    the base URL and the process id once `/health/ready` answers 200; stops the system with
-    SIGINT (Ctrl-C)."""
-    secret = settings.auth_jwt_secret
-    assert secret is not None
-    env = {
-        **os.environ,
-        "LEDGER_DATABASE_URL": str(settings.database_url),
-        "LEDGER_NATS_URL": ",".join(settings.nats_servers),
-        "LEDGER_SCHEMA_PREFIX": settings.schema_prefix,
-        "LEDGER_LOG_LEVEL": settings.log_level,
-        "LEDGER_AUTH_JWT_SECRET": secret.get_secret_value(),
-        "LEDGER_RATE_LIMIT_PER_S": "0",
-    }
-    command = [sys.executable, "-c", "from ledger.cli import main; main()", "up", "--no-embedded",
-               "--port", str(port), "--data-dir", str(data_dir / "ledger")]  # fmt: skip
-    with (data_dir / "ledger-up.log").open("wb") as output:
-        process = await asyncio.create_subprocess_exec(
-            *command, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=output, stderr=output
-        )
-    url = f"http://{host}:{port}"
-    try:
-        await _until_ready(process, url, data_dir / "ledger-up.log")
-        yield url, process.pid
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                await asyncio.wait_for(process.wait(), timeout=60)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-
-
-async def _until_ready(process: asyncio.subprocess.Process, url: str, log_path: Path) -> None:
-    deadline = time.perf_counter() + 120
-    async with httpx.AsyncClient(base_url=url, timeout=5) as client:
-        while time.perf_counter() < deadline and process.returncode is None:
-            with contextlib.suppress(httpx.TransportError):
-                if (await client.get("/health/ready")).status_code == 200:
-                    return
-            await asyncio.sleep(0.2)
-    what = "exited" if process.returncode is not None else "never became ready"
-    raise RuntimeError(f"ledger up {what}: {_tail(log_path)}")
-
-
-def _tail(path: Path) -> str:
-    return path.read_text(errors="replace")[-2000:]
-
-
 async def serve(
     settings: Settings, args: argparse.Namespace, owner: str, data_dir: Path
 ) -> Figures:
     figures = Figures()
-    host, port = "127.0.0.1", free_port()
-    async with ledger_up(settings, host, port, data_dir) as (url, ledger_pid):
+    log_dir = args.logs or data_dir
+    log_dir.mkdir(parents=True, exist_ok=True)
+    async with running(settings, data_dir, log_dir, per_service=args.per_service) as system:
         # Idle connections are dropped after 1 s, before uvicorn's 5 s keep-alive closes them
         # under a request about to be sent (an httpx.ReadError).
         limits = httpx.Limits(max_connections=args.clients + 8,
                               max_keepalive_connections=args.clients + 8, keepalive_expiry=1.0)
         token = TokenSigner.from_settings(settings).issue("benchmark", [Scope.ADMIN],
                                                           ttl_s=24 * 3600)  # fmt: skip
-        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=WAIT_S + 30,
-                                     headers={"Authorization": f"Bearer {token}"}) as client:
+        authorization = {"Authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(base_url=system.url, transport=system.transport(limits),
+                                     timeout=WAIT_S + 30, headers=authorization) as client:
             log(f"opening and funding {args.accounts} accounts")
             started = time.perf_counter()
             account_ids = await open_accounts(client, owner, args.accounts, args.clients)
             await wait_for_risk(client, account_ids, timeout_s=args.final_timeout * 3)
             log(f"  {time.perf_counter() - started:.1f} s")
             log(f"baseline: HTTP deposits for {args.baseline_seconds:.0f} s")
-            def connect() -> LeanConnection:
-                return LeanConnection(host, port, {"Authorization": f"Bearer {token}"})
+
+            def connect(service: str) -> LeanConnection:
+                return LeanConnection(system.host, system.ports[service], authorization)
 
             await run_deposits(connect, account_ids, args, figures)
-            await run_transfers(connect, account_ids, args, figures, ledger_pid)
+            await run_transfers(connect, account_ids, args, figures, system.pids)
             log("waiting until every transfer is final, then checking the balances")
             await settle_and_check(client, owner, args, figures)
             figures.deposited += FUNDING * len(account_ids)
@@ -541,7 +496,9 @@ async def benchmark(
 
 
 def report(figures: Figures, args: argparse.Namespace) -> None:
-    shape = f"{args.accounts} accounts, {args.clients} clients, {args.seconds:.0f} s"
+    topology = "ledger serve per service" if args.per_service else "ledger up"
+    shape = (f"{args.accounts} accounts, {args.clients} clients, {args.seconds:.0f} s,"
+             f" {topology}")  # fmt: skip
     latencies = figures.latencies_ms
     p50, p95, p99 = (percentile(latencies, f) for f in (0.50, 0.95, 0.99))
     unchanged = figures.total_balance == figures.deposited
