@@ -10,8 +10,9 @@ from the system under test. httpx spent about 8 ms of CPU per transfer (a POST a
 `?wait` GET) on this 2-core VM, a sixth of the whole machine's work per transfer; this
 client writes each request with one `write` and reads the answer by its Content-Length, for
 a fraction of that (docs/benchmark-clients.md). It understands only what the ledger's
-server sends: a status line, headers with a Content-Length, and a body; anything else
-(chunked encoding, a body without a length) raises `ProtocolError`.
+server sends: a status line, headers with a Content-Length, and a body (decoded when its
+content type is JSON); anything else (chunked encoding, a body without a length, a broken
+connection) raises `ProtocolError`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import orjson
 
 _HEADER_END: Final = b"\r\n\r\n"
 _MAX_HEADER_BYTES: Final = 64 * 1024
+DEFAULT_TIMEOUT_S: Final = 60.0
+"""How long `request` waits for a whole answer by default."""
 
 
 class ProtocolError(Exception):
@@ -59,26 +62,38 @@ class LeanConnection:
                 await writer.wait_closed()
 
     async def request(
-        self, method: str, path: str, json: Any = None, headers: dict[str, str] | None = None
+        self, method: str, path: str, json: Any = None, headers: dict[str, str] | None = None,
+        *, timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> tuple[int, Any]:
-        """Send one request; the answer's status and its JSON body (None when empty).
+        """Send one request; the answer's status and its body: decoded JSON when it says it
+        is JSON, else its text (None when empty).
 
         A connection found closed (by the server, while idle) is opened again first; a
-        request already sent is never sent again (ProtocolError instead).
+        request already sent is never sent again. An answer not complete within `timeout_s`
+        raises TimeoutError, one this client does not understand ProtocolError; either way,
+        and on cancellation, the connection is closed, so that no later request can read
+        this one's answer.
         """
         if self._writer is None or self._writer.is_closing() or self._reader_at_eof():
             await self._connect()
         assert self._reader is not None
         assert self._writer is not None
-        self._writer.write(self._encode(method, path, json, headers))
         try:
-            status, body, keep_alive = await self._answer(self._reader)
+            async with asyncio.timeout(timeout_s):
+                self._writer.write(self._encode(method, path, json, headers))
+                await self._writer.drain()
+                status, is_json, body, keep_alive = await self._answer(self._reader)
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError) as e:
             await self.close()
             raise ProtocolError(f"{method} {path}: no complete answer ({e!r})") from e
+        except BaseException:
+            await self.close()
+            raise
         if not keep_alive:
             await self.close()
-        return status, orjson.loads(body) if body else None
+        if not body:
+            return status, None
+        return status, orjson.loads(body) if is_json else body.decode(errors="replace")
 
     def _reader_at_eof(self) -> bool:
         return self._reader is None or self._reader.at_eof()
@@ -100,23 +115,29 @@ class LeanConnection:
         return head.encode("latin-1") + body
 
     @staticmethod
-    async def _answer(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
+    async def _answer(reader: asyncio.StreamReader) -> tuple[int, bool, bytes, bool]:
+        """Status, whether the body is JSON, the body, whether the connection stays open."""
         head = await reader.readuntil(_HEADER_END)
         lines = head[: -len(_HEADER_END)].decode("latin-1").split("\r\n")
         parts = lines[0].split(" ", 2)
         if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
             raise ProtocolError(f"not an HTTP/1.x status line: {lines[0]!r}")
         length: int | None = None
+        is_json = False
         keep_alive = parts[0] == "HTTP/1.1"
         for line in lines[1:]:
             name, _, value = line.partition(":")
-            name = name.strip().lower()
+            name, value = name.strip().lower(), value.strip()
             if name == "content-length":
+                if not value.isdigit():
+                    raise ProtocolError(f"not a content-length: {value!r}")
                 length = int(value)
+            elif name == "content-type":
+                is_json = value.split(";")[0].strip().lower().endswith("json")
             elif name == "transfer-encoding":
-                raise ProtocolError(f"transfer-encoding {value.strip()} is not supported")
+                raise ProtocolError(f"transfer-encoding {value} is not supported")
             elif name == "connection":
-                keep_alive = value.strip().lower() == "keep-alive"
+                keep_alive = value.lower() == "keep-alive"
         if length is None:
             raise ProtocolError("an answer without a content-length is not supported")
-        return int(parts[1]), await reader.readexactly(length), keep_alive
+        return int(parts[1]), is_json, await reader.readexactly(length), keep_alive

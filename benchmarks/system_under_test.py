@@ -97,19 +97,26 @@ async def running(
     async with contextlib.AsyncExitStack() as stack:
         ports: dict[str, int] = {}
         processes: list[asyncio.subprocess.Process] = []
-        readiness = []
-        for name, command in commands.items():
-            port = free_port()
-            log_path = log_dir / f"ledger-{name}.log"
-            process = await stack.enter_async_context(
-                _process([*command, "--port", str(port)], _environment(settings), log_path)
-            )
-            processes.append(process)
-            readiness.append(_until_ready(process, f"http://{host}:{port}", log_path))
-            for service in services if name == "all" else [name]:
-                ports[service] = port
-        await asyncio.gather(*readiness)
+        async with asyncio.TaskGroup() as readiness:
+            for name, command in commands.items():
+                port = _unused_port(set(ports.values()))
+                log_path = log_dir / f"ledger-{name}.log"
+                process = await stack.enter_async_context(
+                    _process([*command, "--port", str(port)], _environment(settings), log_path)
+                )
+                processes.append(process)
+                readiness.create_task(_until_ready(process, f"http://{host}:{port}", log_path))
+                for service in services if name == "all" else [name]:
+                    ports[service] = port
         yield System(host, ports, tuple(process.pid for process in processes))
+
+
+def _unused_port(taken: set[int]) -> int:
+    """A free local port that no process of this system was given yet (none has bound its
+    own yet, so the OS could hand out one twice)."""
+    while (port := free_port()) in taken:
+        pass
+    return port
 
 
 def _environment(settings: Settings) -> dict[str, str]:

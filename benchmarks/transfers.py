@@ -63,7 +63,7 @@ import asyncpg
 import httpx
 import nats
 import nats.js.errors
-from lean_http import LeanConnection
+from lean_http import LeanConnection, ProtocolError
 from pydantic import SecretStr
 from system_under_test import running
 
@@ -81,8 +81,9 @@ FUNDING: Final = Decimal("1000000.00")
 BASELINE_DEPOSIT: Final = Decimal("0.01")
 FINAL: Final = frozenset({"completed", "rejected", "failed"})
 WAIT_S: Final = 30
-Connect = Callable[[str], LeanConnection]
-"""Opens a client's own keep-alive connection to a service of the system under test."""
+REQUEST_TIMEOUT_S: Final = WAIT_S + 30
+"""A timed request's bound: a `?wait=30` read plus the server's slowest answer."""
+REQUEST_ATTEMPTS: Final = 5
 GOAL_PER_S: Final = 500.0
 GOAL_P99_MS: Final = 250.0
 
@@ -111,6 +112,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="Purge other ledgers' events (`ledger.>`) from the events stream"
                              " first, instead of refusing to run beside them.")  # fmt: skip
     return parser.parse_args(argv)
+
+
+Connect = Callable[[str], LeanConnection]
+"""Opens a client's own keep-alive connection to a service of the system under test."""
 
 
 class SharedStream(Exception):
@@ -254,8 +259,9 @@ async def run_deposits(
         async with connect("account") as http:
             while time.perf_counter() < stop_at:
                 started = time.perf_counter()
-                status, _ = await http.request(
-                    "POST", f"/v1/accounts/{random.choice(account_ids)}/deposits",
+                status, _ = await answered(
+                    http, figures, "deposit", "POST",
+                    f"/v1/accounts/{random.choice(account_ids)}/deposits",
                     {"amount": str(BASELINE_DEPOSIT), "reference": "bench"},
                     {"Idempotency-Key": uuid.uuid4().hex},
                 )
@@ -271,6 +277,24 @@ async def run_deposits(
         for _ in range(args.clients):
             group.create_task(depositor())
     figures.deposits_per_s = done / (time.perf_counter() - started)
+
+
+async def answered(
+    http: LeanConnection, figures: Figures, what: str, method: str, path: str,
+    json: Any = None, headers: dict[str, str] | None = None,
+) -> tuple[int, Any]:
+    """The answer to a request, sent again as it was (its Idempotency-Key too, so a write
+    still takes effect once) after a connection that broke or an answer that never came;
+    each such failure is counted in `http_errors`. Raises after REQUEST_ATTEMPTS of them."""
+    for attempt in range(1, REQUEST_ATTEMPTS + 1):
+        try:
+            return await http.request(method, path, json, headers, timeout_s=REQUEST_TIMEOUT_S)
+        except (TimeoutError, ProtocolError, OSError) as error:
+            figures.http_errors[f"{what} {type(error).__name__}"] += 1
+            if attempt == REQUEST_ATTEMPTS:
+                raise
+            await asyncio.sleep(0.1 * attempt)
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def record_steps(transfer: dict[str, Any], figures: Figures) -> None:
@@ -305,8 +329,8 @@ async def run_transfers(
         from_account, to_account = random.sample(account_ids, 2)
         amount = Decimal(random.randint(1, 10_000)) / 100
         started = time.perf_counter()
-        status, body = await http.request(
-            "POST", "/v1/transfers",
+        status, body = await answered(
+            http, figures, "transfer POST", "POST", "/v1/transfers",
             {"from_account": from_account, "to_account": to_account, "amount": str(amount),
              "currency": CURRENCY},
             {"Idempotency-Key": uuid.uuid4().hex},
@@ -319,7 +343,8 @@ async def run_transfers(
             figures.requested += 1
         transfer_path = f"/v1/transfers/{body['id']}?wait={WAIT_S}"
         while True:
-            status, transfer = await http.request("GET", transfer_path)
+            status, transfer = await answered(http, figures, "transfer GET", "GET",
+                                              transfer_path)  # fmt: skip
             if status != 200:
                 figures.http_errors[f"transfer GET {status}"] += 1
                 await asyncio.sleep(0.1)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from lean_http import LeanConnection, ProtocolError
 
 from ledger.embedded import free_port
@@ -40,6 +40,17 @@ async def chunked() -> StreamingResponse:
         yield b"1}"
 
     return StreamingResponse(parts(), media_type="application/json")
+
+
+@app.get("/text")
+async def text() -> PlainTextResponse:
+    return PlainTextResponse("Internal Server Error", status_code=500)
+
+
+@app.get("/slow")
+async def slow() -> JSONResponse:
+    await asyncio.sleep(2)
+    return JSONResponse({"late": True})
 
 
 @pytest.fixture
@@ -79,7 +90,28 @@ async def test_a_connection_the_server_closed_is_opened_again(port: int) -> None
     assert first["client_port"] != second["client_port"]
 
 
-async def test_an_answer_without_a_length_is_refused_clearly(port: int) -> None:
+async def test_an_answer_without_a_length_is_refused_and_leaves_no_answer_behind(
+    port: int,
+) -> None:
     async with LeanConnection("127.0.0.1", port) as http:
         with pytest.raises(ProtocolError, match="transfer-encoding chunked"):
             await http.request("GET", "/chunked")
+        status, body = await http.request("POST", "/echo", {"a": 1})
+
+    assert (status, body["body"]) == (201, {"a": 1})
+
+
+async def test_an_answer_too_late_times_out_and_the_next_request_gets_its_own(
+    port: int,
+) -> None:
+    async with LeanConnection("127.0.0.1", port) as http:
+        with pytest.raises(TimeoutError):
+            await http.request("GET", "/slow", timeout_s=0.2)
+        status, body = await http.request("POST", "/echo", {"b": 2})
+
+    assert (status, body["body"]) == (201, {"b": 2})
+
+
+async def test_a_body_that_is_not_json_is_returned_as_text(port: int) -> None:
+    async with LeanConnection("127.0.0.1", port) as http:
+        assert await http.request("GET", "/text") == (500, "Internal Server Error")
