@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from saga.contracts import (
     FINAL_STATUSES,
@@ -88,7 +88,26 @@ def evolve(definition: SagaDefinition, state: SagaState, event: SagaEvent) -> Sa
     return replace(state, version=state.version + 1, **_changes(definition, state, event))
 
 
-def _changes(definition: SagaDefinition, state: SagaState, event: SagaEvent) -> dict[str, Any]:
+class _Changes(TypedDict, total=False):
+    """Fields of SagaState that an event changes (the version always does)."""
+
+    status: SagaStatus
+    done: tuple[str, ...]
+    compensations: tuple[str, ...]
+    compensated: tuple[str, ...]
+    in_flight: InFlight | None
+    failed_attempts: int
+    retry_at: datetime | None
+    is_past_pivot: bool
+    outcome: Literal["rejected", "failed"] | None
+    reason: str | None
+    detail: str | None
+    last_error: str | None
+    parked_from: SagaStatus | None
+    retry_series: int
+
+
+def _changes(definition: SagaDefinition, state: SagaState, event: SagaEvent) -> _Changes:
     """The fields `event` changes, besides the version."""
     match event:
         case StepStarted():
@@ -98,12 +117,12 @@ def _changes(definition: SagaDefinition, state: SagaState, event: SagaEvent) -> 
                     "retry_at": None, "is_past_pivot": state.is_past_pivot or is_pivot}  # fmt: skip
         case StepSucceeded():
             assert state.in_flight is not None, "a reply answers a step in flight"
-            finished = (
-                {"compensated": (*state.compensated, event.step)}
-                if state.in_flight.is_compensation
-                else {"done": (*state.done, event.step)}
-            )
-            return {**finished, "in_flight": None, "failed_attempts": 0, "last_error": None}
+            changes: _Changes = {"in_flight": None, "failed_attempts": 0, "last_error": None}
+            if state.in_flight.is_compensation:
+                changes["compensated"] = (*state.compensated, event.step)
+            else:
+                changes["done"] = (*state.done, event.step)
+            return changes
         case StepRefused():
             assert state.in_flight is not None, "a refusal answers a step in flight"
             return {"in_flight": None, "last_error": f"refused: {event.code}"}
