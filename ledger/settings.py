@@ -199,7 +199,8 @@ class Settings(BaseSettings):
         default=0.5, description="Pause after a step's first failed attempt (doubles, jittered)."
     )
     saga_backoff_max_s: PositiveFloat = Field(
-        default=30.0, description="Longest pause between attempts of a saga step."
+        default=30.0, description="Longest pause between attempts of a saga step, and after"
+        " turns of a saga that fail unexpectedly in a row.",
     )
     saga_deadline_s: PositiveFloat = Field(
         default=300.0, description="Time from a saga's start after which, before the pivot,"

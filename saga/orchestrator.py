@@ -54,6 +54,8 @@ _STARTING_EVENTS: Final[dict[str, type[TransferRequested] | type[TradeRequested]
     "TransferRequested": TransferRequested,
     "TradeRequested": TradeRequested,
 }
+_MAX_FAILED_TURNS_KEPT: Final = 10_000
+"""Sagas whose unexpected failures in a row an orchestrator counts at most."""
 _MAX_ACTIONS_PER_CLAIM: Final = 64
 """Bounds one worker's turn on one saga (a saga that never waits cannot starve others)."""
 _CLAIMS_IN_FLIGHT: Final = 4
@@ -98,6 +100,8 @@ class Orchestrator:
             settings.saga_step_max_attempts, settings.saga_backoff_first_s,
             settings.saga_backoff_max_s,
         )  # fmt: skip
+        self._failed_turns: dict[str, int] = {}
+        """Turns in a row that failed unexpectedly, by saga (their pause grows with it)."""
 
     async def run(self) -> None:
         """Claim and advance due sagas until cancelled.
@@ -196,14 +200,29 @@ class Orchestrator:
         except ConcurrencyError:
             _log.warning("saga %s was advanced by another orchestrator; dropped", saga_id)
         except Exception:
-            # The saga stays due; the next claim retries it after this pause.
-            _log.exception("advancing saga %s failed", saga_id)
-            not_before = self._clock() + timedelta(seconds=self._settings.saga_backoff_max_s)
+            # The saga stays due; the next claim retries it after a pause that grows with
+            # each turn failing in a row, from saga_backoff_first_s: a burst of transient
+            # errors (the store or NATS gone for a moment) must not idle every saga in
+            # flight for saga_backoff_max_s.
+            failures = self._failed_turn(saga_id)
+            not_before = self._policy.retry_at(self._clock(), failures, random.random())
+            _log.exception("advancing saga %s failed (%d turn(s) in a row); retry at %s",
+                           saga_id, failures, not_before.isoformat())  # fmt: skip
+        else:
+            self._failed_turns.pop(saga_id, None)
         finally:
             self._leased.discard(saga_id)
             await log.release_lease(
                 self._store.pool, self._store.schema, saga_id, self.owner, not_before
             )
+
+    def _failed_turn(self, saga_id: str) -> int:
+        """Count a failed turn of the saga; how many failed in a row, this one included."""
+        if len(self._failed_turns) >= _MAX_FAILED_TURNS_KEPT and saga_id not in self._failed_turns:
+            self._failed_turns.clear()  # forgetting only shortens some pauses
+        failures = self._failed_turns.get(saga_id, 0) + 1
+        self._failed_turns[saga_id] = failures
+        return failures
 
     async def _advance(self, saga_id: str) -> datetime | None:
         """Perform the saga's actions until it waits (returns until when), is idle or

@@ -14,7 +14,7 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import asyncpg
 import httpx
@@ -372,3 +372,43 @@ async def test_a_transfer_requested_on_jetstream_starts_its_saga_once(
     saga = (await client.get(f"/v1/sagas/{request.transfer_id}")).json()
     assert saga["version"] == 1
     assert saga["kind"] == "transfer"
+
+
+class _FailsOnce(Orchestrator):
+    """An orchestrator whose first turn on each saga fails unexpectedly (a transient error)."""
+
+    failed: ClassVar[set[str]] = set()
+
+    async def _advance(self, saga_id: str) -> datetime | None:
+        if saga_id not in self.failed:
+            self.failed.add(saga_id)
+            raise RuntimeError("the store went away for a moment")
+        return await super()._advance(saga_id)
+
+
+async def test_a_turn_that_fails_unexpectedly_is_retried_after_the_first_backoff_not_the_max(
+    host: ServiceHost, client: httpx.AsyncClient, trade: Trade, pool: asyncpg.Pool
+) -> None:
+    payer, payee = await funded_account(client, "3.00"), await funded_account(client, None)
+    await known_to_risk(client, payer, payee)
+    request = transfer(payer, payee, 100)
+    await start(host, request)
+    runtime = host.runtimes["saga"]
+    settings = runtime.settings.model_copy(update={"saga_backoff_max_s": 600.0})
+    orchestrator = _FailsOnce(runtime.store, runtime.nc, settings, participants=PARTICIPANTS)
+    runs = f"{settings.schema_for('saga')}.saga_runs"
+
+    failed_at = datetime.now(UTC)
+    while request.transfer_id not in orchestrator.failed:  # other tests' sagas may be due too
+        await orchestrator.run_once()
+    # Released with its lease held off until then: no worker claims it before.
+    retry_at = await pool.fetchval(f"select lease_until from {runs} where saga_id = $1",
+                                   request.transfer_id)  # fmt: skip
+    pause_s = (retry_at - failed_at).total_seconds()
+    assert 0 < pause_s <= settings.saga_backoff_first_s + 1.0, "not saga_backoff_max_s (600 s)"
+    await asyncio.sleep((retry_at - datetime.now(UTC)).total_seconds())
+    async with orchestrators(host):
+        saga = await settled(client, request.transfer_id)
+
+    assert saga["status"] == "completed", saga
+    assert (await account(client, payee))["balance"] == "1.00"
