@@ -74,7 +74,7 @@ class LeanConnection:
         and on cancellation, the connection is closed, so that no later request can read
         this one's answer.
         """
-        if self._writer is None or self._writer.is_closing() or self._reader_at_eof():
+        if self._writer is None or self._writer.is_closing() or self._is_closed_by_server():
             await self._connect()
         assert self._reader is not None
         assert self._writer is not None
@@ -95,8 +95,8 @@ class LeanConnection:
             return status, None
         return status, orjson.loads(body) if is_json else body.decode(errors="replace")
 
-    def _reader_at_eof(self) -> bool:
-        return self._reader is None or self._reader.at_eof()
+    def _is_closed_by_server(self) -> bool:
+        return self._reader is not None and self._reader.at_eof()
 
     async def _connect(self) -> None:
         await self.close()

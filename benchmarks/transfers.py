@@ -286,15 +286,16 @@ async def answered(
     """The answer to a request, sent again as it was (its Idempotency-Key too, so a write
     still takes effect once) after a connection that broke or an answer that never came;
     each such failure is counted in `http_errors`. Raises after REQUEST_ATTEMPTS of them."""
-    for attempt in range(1, REQUEST_ATTEMPTS + 1):
+    attempt = 1
+    while True:
         try:
             return await http.request(method, path, json, headers, timeout_s=REQUEST_TIMEOUT_S)
         except (TimeoutError, ProtocolError, OSError) as error:
             figures.http_errors[f"{what} {type(error).__name__}"] += 1
             if attempt == REQUEST_ATTEMPTS:
                 raise
-            await asyncio.sleep(0.1 * attempt)
-    raise AssertionError("unreachable: the last attempt returns or raises")
+        await asyncio.sleep(0.1 * attempt)
+        attempt += 1
 
 
 def record_steps(transfer: dict[str, Any], figures: Figures) -> None:
