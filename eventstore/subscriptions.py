@@ -8,6 +8,7 @@ lock per subscription lets many instances run one subscription: one advances it 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
@@ -135,41 +136,51 @@ class Subscription:
                 total += count
         return total
 
-    async def run(self) -> None:
-        """Follow the store until cancelled; waits out transient errors and retries."""
-        async with Notifier(self.store) as notifier, ConnectionLease(self.store.pool) as lease:
-            backoff_s = self.poll_interval_s
-            settle_wait_s = _FIRST_SETTLE_WAIT_S
-            handled_generation = notifier.generation
-            while True:
-                seen = notifier.generation
-                try:
-                    connection = await lease.connection()
-                    count = 0
-                    # A poll (nothing announced since the last look) always reads in full:
-                    # the cached checkpoint is a hint, and a poll must not trust it.
-                    is_poll = seen == handled_generation
-                    if is_poll or await self._may_have_work(connection):
-                        count = await self._process_batch_on(connection)
-                    backoff_s = self.poll_interval_s
-                except self.transient_errors as error:
-                    await lease.release()  # it may be the connection that failed
-                    _log.warning("subscription %s: %s; retry in %.1fs", self.name, error, backoff_s)
-                    await asyncio.sleep(backoff_s)
-                    backoff_s = min(backoff_s * 2, _MAX_BACKOFF_S)
-                    continue
-                if count >= self.batch_size:
-                    continue
-                is_settled = count > 0 or seen == handled_generation
-                if is_settled or settle_wait_s >= self.poll_interval_s:
-                    handled_generation = seen
-                    settle_wait_s = _FIRST_SETTLE_WAIT_S
-                    if notifier.generation == seen:
-                        await lease.release()  # idle: the pool's other users may have it
-                    await notifier.wait_past(seen, self.poll_interval_s)
-                else:
-                    # Announced appends are not settled yet (an older transaction is still
-                    # open): look again at the next commit, which is often that transaction's
-                    # own, or soon anyway, rather than at the next poll.
-                    await notifier.wait_past(notifier.generation, settle_wait_s)
-                    settle_wait_s *= 2
+    async def run(self, notifier: Notifier | None = None) -> None:
+        """Follow the store until cancelled; waits out transient errors and retries.
+
+        `notifier` is the store's shared one, if the caller has it open; without it the
+        subscription listens on a connection of its own for as long as it runs.
+        """
+        async with contextlib.AsyncExitStack() as resources:
+            if notifier is None:
+                notifier = await resources.enter_async_context(Notifier(self.store))
+            lease = await resources.enter_async_context(ConnectionLease(self.store.pool))
+            await self._follow(notifier, lease)
+
+    async def _follow(self, notifier: Notifier, lease: ConnectionLease) -> None:
+        backoff_s = self.poll_interval_s
+        settle_wait_s = _FIRST_SETTLE_WAIT_S
+        handled_generation = notifier.generation
+        while True:
+            seen = notifier.generation
+            try:
+                connection = await lease.connection()
+                count = 0
+                # A poll (nothing announced since the last look) always reads in full:
+                # the cached checkpoint is a hint, and a poll must not trust it.
+                is_poll = seen == handled_generation
+                if is_poll or await self._may_have_work(connection):
+                    count = await self._process_batch_on(connection)
+                backoff_s = self.poll_interval_s
+            except self.transient_errors as error:
+                await lease.release()  # it may be the connection that failed
+                _log.warning("subscription %s: %s; retry in %.1fs", self.name, error, backoff_s)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, _MAX_BACKOFF_S)
+                continue
+            if count >= self.batch_size:
+                continue
+            is_settled = count > 0 or seen == handled_generation
+            if is_settled or settle_wait_s >= self.poll_interval_s:
+                handled_generation = seen
+                settle_wait_s = _FIRST_SETTLE_WAIT_S
+                if notifier.generation == seen:
+                    await lease.release()  # idle: the pool's other users may have it
+                await notifier.wait_past(seen, self.poll_interval_s)
+            else:
+                # Announced appends are not settled yet (an older transaction is still
+                # open): look again at the next commit, which is often that transaction's
+                # own, or soon anyway, rather than at the next poll.
+                await notifier.wait_past(notifier.generation, settle_wait_s)
+                settle_wait_s *= 2

@@ -175,8 +175,8 @@ class ServiceHost:
             self._work.push_async_callback(self._within_grace, f"the tasks of {service.name}",
                                            functools.partial(_cancel_tasks, runtime))  # fmt: skip
             self.runtimes[service.name] = runtime
-            runtime.spawn(functools.partial(_relay, store, self.nc, service.name, self.settings),
-                          "relay")  # fmt: skip
+            runtime.spawn(functools.partial(_relay, store, self.nc, service.name, self.settings,
+                                            notifier), "relay")  # fmt: skip
             await service.start(runtime)
             self._work.push_async_callback(self._within_grace, f"{service.name} stopping",
                                            service.stop)  # fmt: skip
@@ -285,9 +285,12 @@ async def _cancel_tasks(runtime: Runtime) -> None:
     runtime._tasks.clear()
 
 
-async def _relay(store: EventStore, nc: Client, service: str, settings: Settings) -> None:
-    """Run a fresh relay of `service`'s events (a restart after a crash starts clean)."""
-    await EventRelay(store, nc, service, settings).run()
+async def _relay(
+    store: EventStore, nc: Client, service: str, settings: Settings, notifier: Notifier
+) -> None:
+    """Run a fresh relay of `service`'s events (a restart after a crash starts clean), woken
+    by the store's shared notifier."""
+    await EventRelay(store, nc, service, settings).run(notifier)
 
 
 @contextlib.asynccontextmanager

@@ -19,6 +19,7 @@ from nats.aio.client import Client
 from eventstore import EventStore, RecordedEvent, Subscription
 from eventstore._db import Connection
 from eventstore._translate import translated_errors
+from eventstore.notifier import Notifier
 from ledger import metrics
 from ledger.bus import event_subject
 from ledger.context import ACTOR_HEADER, CAUSATION_HEADER, CORRELATION_HEADER, TRACEPARENT_HEADER
@@ -76,10 +77,11 @@ class EventRelay:
             transient_errors=(nats.errors.Error, TimeoutError),
         )
 
-    async def run(self) -> None:
-        """Relay until cancelled; NATS or PostgreSQL outages are waited out."""
+    async def run(self, notifier: Notifier | None = None) -> None:
+        """Relay until cancelled; NATS or PostgreSQL outages are waited out. `notifier`, the
+        store's shared one, saves the relay a LISTEN connection of its own."""
         async with self.publisher:
-            await self.subscription.run()
+            await self.subscription.run(notifier)
 
     async def catch_up(self) -> int:
         """Relay everything settled now; return how many events were published."""

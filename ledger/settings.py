@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Final, Literal, Self
 
 from pydantic import (
     Field,
@@ -19,6 +19,9 @@ from ledger.money import DEFAULT_MAX_AMOUNT_MINOR, DEFAULT_SCALES, Assets
 
 ServiceName = Literal["account", "risk", "trade", "saga"]
 SERVICES: tuple[ServiceName, ...] = ("account", "risk", "trade", "saga")
+MIN_DB_POOL_SIZE: Final = 4
+"""The smallest pool with room for requests beside the connections a service holds for long:
+its append listener, a busy relay, and a busy event consumer or two (docs/connection-pool.md)."""
 
 
 class Settings(BaseSettings):
@@ -33,7 +36,12 @@ class Settings(BaseSettings):
     risk_database_url: str | None = None
     trade_database_url: str | None = None
     saga_database_url: str | None = None
-    db_pool_size: PositiveInt = 10
+    db_pool_size: int = Field(
+        default=10, ge=MIN_DB_POOL_SIZE, le=1000,
+        description="Connections per service pool. One listens for appends all the time, and"
+        " a busy relay and each busy event consumer hold one each, so fewer than"
+        f" {MIN_DB_POOL_SIZE} would leave HTTP requests and commands waiting for a connection.",
+    )  # fmt: skip
     schema_prefix: str = Field(
         default="", pattern=r"^[a-z_][a-z0-9_]{0,30}$|^$",
         description="Prefixed to each service's schema name (tests, several ledgers per server).",

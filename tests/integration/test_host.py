@@ -113,6 +113,28 @@ async def test_errors_are_problem_json(host: ServiceHost) -> None:
     assert unrouted.json()["status"] == 404
 
 
+async def test_an_idle_host_holds_one_connection_per_store_for_its_listener(
+    host: ServiceHost,
+) -> None:
+    runtime = host.runtimes["notes"]
+    store = runtime.store
+    subscription = await runtime.js.subscribe(
+        "ledger.notes.note.NoteWritten", stream=host.settings.events_stream, ordered_consumer=True
+    )
+    async with client_of(host) as client:
+        await client.post(f"/v1/notes/{uuid.uuid4().hex[:8]}", json={"text": "hi"})
+    await subscription.next_msg(timeout=10)  # the relay runs: it has its notifier by now
+    await subscription.unsubscribe()
+    for _ in range(200):  # and gives its connection back once it finds nothing to do
+        in_use = store.pool.get_size() - store.pool.get_idle_size()
+        if in_use == 1:
+            break
+        await asyncio.sleep(0.05)
+
+    # The relay waits on the store's shared notifier rather than listening on its own.
+    assert in_use == 1
+
+
 async def test_context_travels_from_http_to_event_to_nats(host: ServiceHost) -> None:
     runtime = host.runtimes["notes"]
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
