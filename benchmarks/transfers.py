@@ -36,7 +36,8 @@ Figures go to stdout, one per line with the goal beside; progress goes to stderr
 the rates, a run prints the CPU each process of this machine (the ledger's processes,
 PostgreSQL, nats-server, the clients) used per completed transfer in the timed window: on a shared
 machine a steadier figure than transfers/s for comparing two versions (in several
-alternating pairs: it moves too).
+alternating pairs: it moves too), and the transfers per second the machine's cores allow
+at that cost, which is where the run's throughput ends up.
 """
 
 from __future__ import annotations
@@ -555,8 +556,13 @@ def report(figures: Figures, args: argparse.Namespace) -> None:
         per = {name: seconds * 1e3 / figures.completed_in_window
                for name, seconds in figures.cpu_s.items()}  # fmt: skip
         shares = ", ".join(f"{name} {ms:.1f}" for name, ms in per.items())
-        print(f"cpu_ms_per_transfer: {sum(per.values()):.1f}  ({shares}; processes of this"
+        total_ms = sum(per.values())
+        print(f"cpu_ms_per_transfer: {total_ms:.1f}  ({shares}; processes of this"
               " machine in the timed window)")
+        cores = os.cpu_count() or 1
+        print(f"cpu_ceiling_transfers_per_s: {cores * 1e3 / total_ms:.0f}  ({cores} cores"
+              f" / {total_ms:.1f} ms: what this machine's CPU allows at this cost per transfer;"
+              f" the goal needs {cores * 1e3 / 500:.0f} ms or less)")
     if figures.step_ms:
         print("saga_timeline_ms (completed transfers, server clocks; mean / p99):")
         for name, values in figures.step_ms.items():
