@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 
+import asyncpg
 import pytest
 
 from tests.faults.cluster import NatsCluster
 from tests.faults.conftest import ACCOUNTS_PER_CURRENCY
-from tests.faults.harness import LedgerProcesses, Servers
+from tests.faults.harness import SERVICES, LedgerProcesses, Servers
 from tests.faults.load import open_funded_accounts
 from tests.faults.scenario import Measured, seed, under_load
 
@@ -44,6 +45,17 @@ async def ledger_on_cluster(
     finally:
         ledger.stop()
         await ledger.api.aclose()
+        await _drop_schemas(database_url, ledger)
+
+
+async def _drop_schemas(database_url: str, ledger: LedgerProcesses) -> None:
+    """The session's PostgreSQL outlives the test (it may be the machine's): leave nothing."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        for service in SERVICES:
+            await connection.execute(f"drop schema if exists {ledger.schema(service)} cascade")
+    finally:
+        await connection.close()
 
 
 async def test_losing_the_events_stream_leader_loses_nothing(
