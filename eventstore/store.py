@@ -222,29 +222,29 @@ class UnitOfWork:
         return result
 
     async def append_many(self, appends: Sequence[Append]) -> list[AppendResult]:
-        """Several streams' appends in one statement, in this transaction; each has
-        EventStore.append's contract, and they are made in the order given. The first that
-        fails raises, and the transaction is then aborted: the caller rolls it back (a
-        ConcurrencyError names its stream). docs/append-many.md says how."""
+        """Several streams' appends in one round trip (pipelined), in this transaction; each
+        has EventStore.append's contract. The first that fails raises, and the transaction
+        is then aborted: the caller rolls it back (a ConcurrencyError names its stream)."""
         for append in appends:
             _check_append(append.stream_id, append.events, append.expected_version)
         if not appends:
             return []
+        arguments = [
+            _arguments_of(append.stream_id, append.events, append.expected_version)
+            for append in appends
+        ]
         try:
             with translated_errors():
-                rows = await self.connection.fetch(
-                    _APPEND_MANY_SQL.format(schema=self.store.schema), *_many_arguments(appends)
-                )
+                rows = await self.connection.fetchmany(_APPEND_SQL.format(schema=self.store.schema),
+                                                       arguments)  # fmt: skip
         except ConcurrencyError as error:
             raise _named(error, appends) from error.__cause__
-        rows_of: list[list[asyncpg.Record]] = [[] for _ in appends]
-        for row in rows:
-            rows_of[row["append_index"] - 1].append(row)
-        schema = self.store.schema
-        results = [
-            await _result_of(self.connection, schema, append.stream_id, append.events, found)
-            for append, found in zip(appends, rows_of, strict=True)
-        ]
+        results, start = [], 0
+        for append in appends:
+            end = start + len(append.events)
+            results.append(await _result_of(self.connection, self.store.schema, append.stream_id,
+                                            append.events, rows[start:end]))  # fmt: skip
+            start = end
         await self._project([e for result in results if not result.is_duplicate
                              for e in result.events])  # fmt: skip
         return results
@@ -271,26 +271,6 @@ class Append:
 _APPEND_SQL: Final = (
     "select * from {schema}.append_events($1, $2, $3, $4, $5::jsonb[], $6::jsonb[], $7)"
 )
-
-
-_APPEND_MANY_SQL: Final = (
-    "select * from {schema}.append_events_many($1, $2, $3, $4, $5, $6::jsonb[], $7::jsonb[], $8)"
-)
-
-
-def _many_arguments(appends: Sequence[Append]) -> tuple[list[Any], ...]:
-    """`append_events_many`' arguments: per append its stream, expected version and count,
-    then every append's events' columns one after the other."""
-    streams, expected, counts = [], [], []
-    columns: tuple[list[Any], ...] = ([], [], [], [], [])
-    for append in appends:
-        streams.append(append.stream_id)
-        expected.append(append.expected_version)
-        counts.append(len(append.events))
-        arguments = _arguments_of(append.stream_id, append.events, append.expected_version)
-        for column, values in zip(columns, arguments[2:], strict=True):
-            column.extend(values)
-    return (streams, expected, counts, *columns)
 
 
 async def _append_on(
