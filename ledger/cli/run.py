@@ -15,6 +15,7 @@ from ledger.auth import AUTH_OFF_WARNING, Scope, TokenSigner, verifier_of, with_
 from ledger.auth.scopes import SUBJECT_PATTERN
 from ledger.cli.failures import settings_or_exit
 from ledger.cli.servers import resolved_servers
+from ledger.collector import tune_for_serving
 from ledger.host import Service, ServiceHost
 from ledger.http import create_app
 from ledger.logs import configure_logging
@@ -64,6 +65,7 @@ def _serve(
 ) -> None:
     settings = settings_or_exit()
     configure_logging(settings.log_level, as_json=settings.log_json)
+    tune_for_serving()
     port = port or settings.http_port
     data_dir = data_dir or settings.data_dir
     try:

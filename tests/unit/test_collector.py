@@ -1,0 +1,28 @@
+"""The server's collector settings: fewer collections than CPython's defaults."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+
+import pytest
+
+from ledger.collector import SERVING_THRESHOLDS, tune_for_serving
+
+
+@pytest.fixture
+def restored_thresholds() -> Iterator[None]:
+    before = gc.get_threshold()
+    yield
+    gc.set_threshold(*before)
+
+
+@pytest.mark.usefixtures("restored_thresholds")
+def test_serving_collects_the_young_generation_far_less_often() -> None:
+    default_young = gc.get_threshold()[0]
+
+    tune_for_serving()
+
+    assert gc.get_threshold() == SERVING_THRESHOLDS
+    assert gc.get_threshold()[0] >= 50 * default_young
+    assert gc.isenabled()
