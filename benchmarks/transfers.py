@@ -559,10 +559,11 @@ def report(figures: Figures, args: argparse.Namespace) -> None:
         total_ms = sum(per.values())
         print(f"cpu_ms_per_transfer: {total_ms:.1f}  ({shares}; processes of this"
               " machine in the timed window)")
-        cores = os.cpu_count() or 1
-        print(f"cpu_ceiling_transfers_per_s: {cores * 1e3 / total_ms:.0f}  ({cores} cores"
-              f" / {total_ms:.1f} ms: what this machine's CPU allows at this cost per transfer;"
-              f" the goal needs {cores * 1e3 / 500:.0f} ms or less)")
+        cores = len(os.sched_getaffinity(0))
+        if total_ms > 0:
+            print(f"cpu_ceiling_transfers_per_s: {cores * 1e3 / total_ms:.0f}  ({cores} cores"
+                  f" / {total_ms:.1f} ms: what this machine's CPU allows at this cost per"
+                  f" transfer; the goal needs {cores * 1e3 / GOAL_PER_S:.0f} ms or less)")
     if figures.step_ms:
         print("saga_timeline_ms (completed transfers, server clocks; mean / p99):")
         for name, values in figures.step_ms.items():

@@ -58,7 +58,10 @@ def event_message(event: RecordedEvent) -> tuple[bytes, dict[str, str]]:
 
 
 class EventRelay:
-    """Publishes a service's events to the events stream, in commit order, at least once."""
+    """Publishes a service's events to the events stream, in commit order, at least once.
+
+    The notifier that wakes it is given to `run`: the host passes the store's shared one;
+    without it, the relay's subscription listens on a connection of its own while it runs."""
 
     def __init__(self, store: EventStore, nc: Client, service: str, settings: Settings) -> None:
         self.store = store

@@ -21,7 +21,7 @@ ServiceName = Literal["account", "risk", "trade", "saga"]
 SERVICES: tuple[ServiceName, ...] = ("account", "risk", "trade", "saga")
 MIN_DB_POOL_SIZE: Final = 4
 """The smallest pool with room for requests beside the connections a service holds for long:
-its append listener, a busy relay, and a busy event consumer or two (docs/connection-pool.md)."""
+its append listener, a busy relay, and a busy event consumer (docs/connection-pool.md)."""
 
 
 class Settings(BaseSettings):

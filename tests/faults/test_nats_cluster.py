@@ -43,9 +43,11 @@ async def ledger_on_cluster(
         await ledger.start()
         yield ledger
     finally:
-        ledger.stop()
-        await ledger.api.aclose()
-        await _drop_schemas(database_url, ledger)
+        try:
+            ledger.stop()
+            await ledger.api.aclose()
+        finally:
+            await _drop_schemas(database_url, ledger)
 
 
 async def _drop_schemas(database_url: str, ledger: LedgerProcesses) -> None:

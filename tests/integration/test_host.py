@@ -121,9 +121,13 @@ async def test_an_idle_host_holds_one_connection_per_store_for_its_listener(
     subscription = await runtime.js.subscribe(
         "ledger.notes.note.NoteWritten", stream=host.settings.events_stream, ordered_consumer=True
     )
+    note_id = uuid.uuid4().hex[:8]
     async with client_of(host) as client:
-        await client.post(f"/v1/notes/{uuid.uuid4().hex[:8]}", json={"text": "hi"})
-    await subscription.next_msg(timeout=10)  # the relay runs: it has its notifier by now
+        await client.post(f"/v1/notes/{note_id}", json={"text": "hi"})
+    while True:  # this note relayed: the relay runs, with its notifier by now
+        message = await asyncio.wait_for(subscription.next_msg(timeout=10), 10)
+        if orjson.loads(message.data)["stream_id"] == f"note-{note_id}":
+            break
     await subscription.unsubscribe()
     for _ in range(200):  # and gives its connection back once it finds nothing to do
         in_use = store.pool.get_size() - store.pool.get_idle_size()

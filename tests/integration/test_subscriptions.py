@@ -118,6 +118,16 @@ async def until_effects_reach(store: EventStore, count: int) -> None:
     await asyncio.wait_for(poll(), GUARD_S)
 
 
+async def until_checkpoint_is(store: EventStore, name: str, position: Position) -> None:
+    async def poll() -> None:
+        while True:
+            if await stored_checkpoint(store, name) == position:
+                return
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(poll(), GUARD_S)
+
+
 async def test_every_event_is_delivered_once_in_commit_order_across_batches(
     store: EventStore,
 ) -> None:
@@ -247,6 +257,41 @@ async def test_run_is_woken_by_notify_not_by_polling(store: EventStore) -> None:
         second = await asyncio.wait_for(arrived.get(), GUARD_S)
 
     assert (first.stream_version, second.stream_version) == (1, 2)
+
+
+async def test_runs_on_a_shared_notifier_are_woken_by_it_and_leave_it_open(
+    store: EventStore,
+) -> None:
+    arrived: asyncio.Queue[RecordedEvent] = asyncio.Queue()
+
+    async def handle(_: Connection, events: Sequence[RecordedEvent]) -> None:
+        for event in events:
+            arrived.put_nowait(event)
+
+    async with Notifier(store) as notifier:
+        for version in (1, 2):  # a second run, as after a restart, on the same notifier
+            subscription = Subscription(store, "shared", handle, poll_interval_s=30)
+            task = asyncio.create_task(subscription.run(notifier))
+            await store.append("account-1", [deposited(version)], version - 1)
+            # With a 30 s poll, only the shared notifier can wake the run within the guard.
+            event = await asyncio.wait_for(arrived.get(), GUARD_S)
+            await until_checkpoint_is(store, "shared", event.position)  # the batch committed
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            assert event.stream_version == version
+
+        for _ in range(200):  # an announcement's NOTIFY may hold a connection for a moment
+            in_use = store.pool.get_size() - store.pool.get_idle_size()
+            if in_use == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert in_use == 1  # the notifier's own: the runs gave theirs back
+        # and left it open: it still wakes waiters on an append.
+        seen = notifier.generation
+        await store.append("account-1", [deposited(3)], 2)
+        await notifier.wait_past(seen, GUARD_S)
+        assert notifier.generation > seen
 
 
 async def test_run_is_woken_by_another_process_s_notify(store: EventStore) -> None:

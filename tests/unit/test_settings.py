@@ -8,8 +8,8 @@ import pytest
 from ledger.settings import MIN_DB_POOL_SIZE, Settings
 
 
-@pytest.mark.parametrize("size", [0, 1, MIN_DB_POOL_SIZE - 1])
-def test_a_pool_without_room_beside_its_long_held_connections_is_refused(size: int) -> None:
+@pytest.mark.parametrize("size", [0, 1, MIN_DB_POOL_SIZE - 1, 1001])
+def test_a_pool_too_small_for_what_it_holds_or_absurdly_large_is_refused(size: int) -> None:
     with pytest.raises(pydantic.ValidationError, match="db_pool_size"):
         Settings(db_pool_size=size)
 
