@@ -437,7 +437,7 @@ async def serve(
                                                           ttl_s=24 * 3600)  # fmt: skip
         authorization = {"Authorization": f"Bearer {token}"}
         async with httpx.AsyncClient(base_url=system.url, transport=system.transport(limits),
-                                     timeout=WAIT_S + 30, headers=authorization) as client:
+                                     timeout=REQUEST_TIMEOUT_S, headers=authorization) as client:
             log(f"opening and funding {args.accounts} accounts")
             started = time.perf_counter()
             account_ids = await open_accounts(client, owner, args.accounts, args.clients)

@@ -58,10 +58,7 @@ def event_message(event: RecordedEvent) -> tuple[bytes, dict[str, str]]:
 
 
 class EventRelay:
-    """Publishes a service's events to the events stream, in commit order, at least once.
-
-    The notifier that wakes it is given to `run`: the host passes the store's shared one;
-    without it, the relay's subscription listens on a connection of its own while it runs."""
+    """Publishes a service's events to the events stream, in commit order, at least once."""
 
     def __init__(self, store: EventStore, nc: Client, service: str, settings: Settings) -> None:
         self.store = store
@@ -82,7 +79,7 @@ class EventRelay:
 
     async def run(self, notifier: Notifier | None = None) -> None:
         """Relay until cancelled; NATS or PostgreSQL outages are waited out. `notifier`, the
-        store's shared one, saves the relay a LISTEN connection of its own."""
+        store's shared one, saves the relay a LISTEN connection of its own while it runs."""
         async with self.publisher:
             await self.subscription.run(notifier)
 

@@ -15,6 +15,8 @@ import orjson
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from nats.aio.msg import Msg
+from nats.js.client import JetStreamContext
 
 from eventstore import DuplicateEventError
 from ledger import streaming
@@ -63,6 +65,14 @@ async def host(database_url: str, nats_url: str, pool: asyncpg.Pool) -> AsyncIte
 
 def client_of(host: ServiceHost, app: FastAPI | None = None) -> httpx.AsyncClient:
     return authorized_client(app or create_app(host, manage_host=False))
+
+
+async def relayed(subscription: JetStreamContext.PushSubscription, stream_id: str) -> Msg:
+    """The first message of `stream_id` (the stream keeps other tests' messages too)."""
+    while True:
+        message = await asyncio.wait_for(subscription.next_msg(timeout=10), 10)
+        if orjson.loads(message.data)["stream_id"] == stream_id:
+            return message
 
 
 async def eventually_status(client: httpx.AsyncClient, path: str, status: int) -> httpx.Response:
@@ -124,10 +134,7 @@ async def test_an_idle_host_holds_one_connection_per_store_for_its_listener(
     note_id = uuid.uuid4().hex[:8]
     async with client_of(host) as client:
         await client.post(f"/v1/notes/{note_id}", json={"text": "hi"})
-    while True:  # this note relayed: the relay runs, with its notifier by now
-        message = await asyncio.wait_for(subscription.next_msg(timeout=10), 10)
-        if orjson.loads(message.data)["stream_id"] == f"note-{note_id}":
-            break
+    await relayed(subscription, f"note-{note_id}")  # the relay runs, with its notifier by now
     await subscription.unsubscribe()
     for _ in range(200):  # and gives its connection back once it finds nothing to do
         in_use = store.pool.get_size() - store.pool.get_idle_size()
@@ -153,10 +160,7 @@ async def test_context_travels_from_http_to_event_to_nats(host: ServiceHost) -> 
         metrics = (await client.get("/metrics")).text
 
     [event] = await runtime.store.read_stream(f"note-{note_id}")
-    while True:
-        message = await asyncio.wait_for(subscription.next_msg(timeout=10), 10)
-        if orjson.loads(message.data)["stream_id"] == f"note-{note_id}":
-            break
+    message = await relayed(subscription, f"note-{note_id}")
     await subscription.unsubscribe()
     assert response.status_code == 201
     assert response.headers["X-Correlation-Id"] == "corr-42"
