@@ -2,7 +2,9 @@
 
 Every append sends NOTIFY `<schema>_events` at commit. A waiter remembers the generation it
 last saw and waits for a newer one or a timeout; polling after the timeout is the fallback
-when the LISTEN connection is lost, so a missed notification costs latency, never an event.
+while the LISTEN connection is lost, so a missed notification costs latency, never an event.
+A lost connection (PostgreSQL restarted, the backend terminated) is replaced in the
+background, with backoff, and waiters are woken on both edges to look for what they missed.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 from types import TracebackType
-from typing import Any
+from typing import Any, Final
 
 from asyncpg.pool import PoolConnectionProxy
 
@@ -19,6 +21,11 @@ from eventstore._translate import CONNECTION_ERRORS
 from eventstore.store import EventStore
 
 _log = logging.getLogger(__name__)
+
+RELISTEN_FIRST_S: Final = 0.1
+"""The first wait before listening again on a new connection, doubled per failure..."""
+RELISTEN_MAX_S: Final = 5.0
+"""...up to this: a PostgreSQL that is down costs a warning and a try every 5 s at most."""
 
 
 class Notifier:
@@ -30,24 +37,32 @@ class Notifier:
         self.generation = 0
         self._changed = asyncio.Event()
         self._connection: PoolConnectionProxy[Any] | None = None
+        self._relistening: asyncio.Task[None] | None = None
+        self._is_closed = False
 
     async def __aenter__(self) -> Notifier:
         return await self.open()
 
+    @property
+    def is_listening(self) -> bool:
+        """Whether notifications from other processes reach this notifier now."""
+        return self._connection is not None
+
     async def open(self) -> Notifier:
         """Start waking waiters; `close` stops (`async with` does both)."""
-        await self._listen()
+        if not await self._listen():
+            self._relisten()
         # Only once nothing can fail: nothing closes a notifier whose opening raised.
         self.store.announcer.listen_locally(self._on_local_append)
         return self
 
-    async def _listen(self) -> None:
+    async def _listen(self) -> bool:
         """LISTEN on a connection of its own; without one, waiters fall back to polling."""
         try:
             connection = await self.store.pool.acquire()
         except CONNECTION_ERRORS as error:
             _log.warning("%s: no LISTEN connection, polling only: %s", self.channel, error)
-            return
+            return False
         try:
             await connection.add_listener(self.channel, self._on_notify)
         except BaseException as error:
@@ -57,8 +72,38 @@ class Notifier:
             if not isinstance(error, CONNECTION_ERRORS):
                 raise
             _log.warning("%s: LISTEN failed, polling only: %s", self.channel, error)
-            return
+            return False
         self._connection = connection
+        connection.add_termination_listener(self._on_connection_lost)
+        return True
+
+    def _on_connection_lost(self, _connection: object) -> None:
+        """asyncpg calls this when the LISTEN connection closes under us; the pool has
+        already taken it back."""
+        if self._is_closed or self._connection is None or self.store.pool.is_closing():
+            return
+        self._connection = None
+        _log.warning("%s: LISTEN connection lost, polling until it is back", self.channel)
+        self._on_local_append()  # anything in flight may have lost its notification
+        self._relisten()
+
+    def _relisten(self) -> None:
+        if self._relistening is None or self._relistening.done():
+            self._relistening = asyncio.create_task(self._listen_again())
+
+    async def _listen_again(self) -> None:
+        """LISTEN on a new connection as soon as one works, then wake every waiter: what
+        was appended meanwhile by other processes announced itself to nobody."""
+        delay_s = RELISTEN_FIRST_S
+        while True:
+            await asyncio.sleep(delay_s)
+            if self.store.pool.is_closing():
+                return
+            if await self._listen():
+                break
+            delay_s = min(delay_s * 2, RELISTEN_MAX_S)
+        _log.info("%s: listening again", self.channel)
+        self._on_local_append()
 
     async def __aexit__(
         self,
@@ -70,10 +115,15 @@ class Notifier:
 
     async def close(self) -> None:
         """Stop waking waiters; give the LISTEN connection back."""
+        self._is_closed = True
         self.store.announcer.stop_listening_locally(self._on_local_append)
+        if self._relistening is not None:
+            self._relistening.cancel()
+            await asyncio.wait({self._relistening})  # unlike awaiting it, keeps our own cancel
         connection, self._connection = self._connection, None
         if connection is None:
             return
+        connection.remove_termination_listener(self._on_connection_lost)
         with contextlib.suppress(*CONNECTION_ERRORS):
             await connection.remove_listener(self.channel, self._on_notify)
         await self.store.pool.release(connection)

@@ -3,6 +3,7 @@ NATS connection for every test that asks for one."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -13,12 +14,20 @@ from nats.aio.client import Client
 from eventstore import EventStore
 from ledger.bus import connect
 
+POOL_CLOSE_GRACE_S = 30.0
+
 
 @pytest.fixture(scope="session")
 async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     """A connection pool to the session's PostgreSQL."""
-    async with asyncpg.create_pool(database_url, min_size=1, max_size=40) as created:
-        yield created
+    created = await asyncpg.create_pool(database_url, min_size=1, max_size=40)
+    yield created
+    try:  # a connection a failed test never gave back must not hang the session's end
+        async with asyncio.timeout(POOL_CLOSE_GRACE_S):
+            await created.close()
+    except TimeoutError:
+        created.terminate()
+        raise AssertionError("a test kept a pooled connection to the end of the session") from None
 
 
 @pytest.fixture

@@ -1,0 +1,84 @@
+"""The notifier survives the loss of its LISTEN connection: it wakes its waiters, listens
+again on a new connection, and hears other processes' appends as before."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from eventstore import EventStore
+from eventstore import notifier as notifier_module
+from eventstore.notifier import Notifier
+
+GUARD_S = 10.0
+"""How long a test waits for something that should happen at once, before it gives up."""
+
+
+async def listening_pid(pool: asyncpg.Pool, channel: str, other_than: int = 0) -> int:
+    """The backend that LISTENs on `channel` (its last statement), once there is one."""
+    for _ in range(int(GUARD_S / 0.05)):
+        pid = await pool.fetchval(
+            "select pid from pg_stat_activity where query = $1 and pid <> $2",
+            f'LISTEN "{channel}"', other_than,
+        )  # fmt: skip
+        if pid is not None:
+            return int(pid)
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"nobody LISTENs on {channel}")
+
+
+async def terminate(pool: asyncpg.Pool, pid: int) -> None:
+    assert await pool.fetchval("select pg_terminate_backend($1)", pid)
+
+
+async def test_a_lost_listen_connection_wakes_waiters_and_is_replaced(
+    store: EventStore,
+) -> None:
+    pool = store.pool
+    async with Notifier(store) as notifier:
+        first_pid = await listening_pid(pool, notifier.channel)
+        seen = notifier.generation
+
+        await terminate(pool, first_pid)
+
+        # Woken by the loss itself: whatever was in flight may have lost its NOTIFY.
+        await notifier.wait_past(seen, GUARD_S)
+        assert notifier.generation > seen
+        second_pid = await listening_pid(pool, notifier.channel, other_than=first_pid)
+        for _ in range(int(GUARD_S / 0.05)):  # the LISTEN ran; its task finishes right after
+            if notifier.is_listening:
+                break
+            await asyncio.sleep(0.05)
+        assert notifier.is_listening
+
+        # Another process's append reaches it again through PostgreSQL alone.
+        seen = notifier.generation
+        await pool.execute("select pg_notify($1, 'another-process')", notifier.channel)
+        await notifier.wait_past(seen, GUARD_S)
+        assert notifier.generation > seen
+        assert second_pid != first_pid
+
+
+async def test_closing_while_listening_again_holds_no_connection(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = store.pool
+    monkeypatch.setattr(notifier_module, "RELISTEN_FIRST_S", 1.0)  # closed well before it
+    notifier = await Notifier(store).open()
+    try:
+        pid = await listening_pid(pool, notifier.channel)
+        seen = notifier.generation
+        await terminate(pool, pid)
+        await notifier.wait_past(seen, GUARD_S)  # the loss is known, a new LISTEN is due
+        assert not notifier.is_listening
+    finally:
+        await notifier.close()
+
+    await asyncio.sleep(1.5)  # past the first try to listen again, had it not been stopped
+    listeners = await pool.fetchval(
+        "select count(*) from pg_stat_activity where query = $1", f'LISTEN "{notifier.channel}"'
+    )
+    assert listeners == 0
+    assert not notifier.is_listening
