@@ -33,6 +33,7 @@ from saga.contracts import SagaEvent, SagaKind, SagaStarted, stream_of
 from saga.definition import SETTLE_LEGS, Participants, SagaDefinition
 from saga.recorder import LeaseLost, SagaRecorder
 from saga.state import (
+    Action,
     Idle,
     Outcome,
     Record,
@@ -190,11 +191,18 @@ class Orchestrator:
         return self._clock() + timedelta(seconds=self._settings.saga_deadline_s)
 
     async def _advance_leased(self, saga_id: str) -> None:
-        """Advance one leased saga; the lease ends with the turn (or stays until a wait)."""
+        """Advance one leased saga; the lease ends with the turn (or stays until a wait).
+
+        A turn that stopped the saga (final or parked) releases nothing: the record that
+        stopped it ended the lease in its own transaction (`saga.log`), and one statement
+        per saga is saved."""
         not_before: datetime | None = None
+        has_stopped = False
         self._leased.add(saga_id)
         try:
-            not_before = await self._advance(saga_id)
+            ended = await self._advance(saga_id)
+            has_stopped = isinstance(ended, Idle)
+            not_before = ended.until if isinstance(ended, Wait) else None
         except LeaseLost:
             _log.warning("lease on saga %s lost to another orchestrator", saga_id)
         except ConcurrencyError:
@@ -212,9 +220,10 @@ class Orchestrator:
             self._failed_turns.pop(saga_id, None)
         finally:
             self._leased.discard(saga_id)
-            await log.release_lease(
-                self._store.pool, self._store.schema, saga_id, self.owner, not_before
-            )
+            if not has_stopped:
+                await log.release_lease(
+                    self._store.pool, self._store.schema, saga_id, self.owner, not_before
+                )
 
     def _failed_turn(self, saga_id: str) -> int:
         """Count a failed turn of the saga; how many failed in a row, this one included."""
@@ -224,9 +233,9 @@ class Orchestrator:
         self._failed_turns[saga_id] = failures
         return failures
 
-    async def _advance(self, saga_id: str) -> datetime | None:
-        """Perform the saga's actions until it waits (returns until when), is idle or
-        final (None), the turn's bound is reached, or the lease is lost.
+    async def _advance(self, saga_id: str) -> Action:
+        """Perform the saga's actions until it waits, is idle (final or parked), the turn's
+        bound is reached, or the lease is lost; return the last action, all recorded.
 
         Decisions and outcomes are kept in `pending` and appended with the StepStarted of
         the next send, or before the turn ends: each is in the log before anything else
@@ -259,7 +268,7 @@ class Orchestrator:
                         state = evolve_all(self._definition, state, events)
             if pending:
                 await self._record(recorded, pending)
-        return action.until if isinstance(action, Wait) else None
+        return action
 
     async def _renew(self, saga_id: str) -> None:
         """Extend this worker's lease on the saga (a resend: nothing to append with it)."""

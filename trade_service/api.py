@@ -28,9 +28,10 @@ from ledger.money import AmountError, Assets
 from ledger.problems import Problem, problem_responses
 from trade_service import access, domain, queries
 from trade_service.access import VisibleTradeId, VisibleTransferId
-from trade_service.contracts import SettlementStatus, TradeEvent
+from trade_service.contracts import SettlementStatus, TradeEvent, TradeRequested, TransferRequested
 from trade_service.domain import Party, SettlementError, SettlementKind, TradeOrder
 from trade_service.events import stream_of, to_new_event
+from trade_service.projections import requested_row
 from trade_service.steps import step_rows
 from trade_service.views import (
     ID_PATTERN,
@@ -184,9 +185,11 @@ async def _request(
 
     async def effect(unit: UnitOfWork) -> Answer:
         transfer_id = str(uuid.uuid4())
-        events = [to_new_event(event) for event in decide(transfer_id, _now())]
-        await unit.append(stream_of(kind, transfer_id), events, NO_STREAM)
-        row = await queries.settlement_row(unit.store, unit.connection, transfer_id, kind)
+        requested, *_ = decided = decide(transfer_id, _now())
+        assert isinstance(requested, TransferRequested | TradeRequested), "a request first"
+        result = await unit.append(stream_of(kind, transfer_id),
+                                   [to_new_event(event) for event in decided], NO_STREAM)
+        row = requested_row(requested, result.events[0])  # as the inline projection wrote it
         view = (transfer_of(row, [], assets) if kind is SettlementKind.TRANSFER
                 else trade_of(row, [], assets))
         return Answer(202, view.model_dump(mode="json"))

@@ -132,21 +132,36 @@ async def _insert(
     connection: Connection, table: str, requested: TransferRequested | TradeRequested,
     event: RecordedEvent,
 ) -> None:
-    state = evolve(None, requested)
-    assert event.stream_version == state.version, "a request is its stream's first event"
-    legs = [leg.model_dump(mode="json") for leg in state.legs]
-    accounts = sorted({a for leg in state.legs for a in (leg.from_account, leg.to_account)})
-    trade = requested if isinstance(requested, TradeRequested) else None
+    row = requested_row(requested, event)
     # No "on conflict": a settlement is requested once, and the key refuses a second loudly.
     await connection.execute(
         f"insert into {table} ({SETTLEMENT_COLUMNS}) values"
-        " ($1, $2, $3, null, null, $4::jsonb, $5, $6, $7, $8, $9, $10, $11, $12, $12)",
-        state.transfer_id, state.kind.value, state.status.value, orjson.dumps(legs).decode(),
-        accounts, requested.reference if isinstance(requested, TransferRequested) else None,
-        trade.instrument if trade else None, trade.quantity_minor if trade else None,
-        trade.price if trade else None,
-        state.version, event.global_position, event.recorded_at,
+        " ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        *row.values(),
     )
+
+
+def requested_row(
+    requested: TransferRequested | TradeRequested, event: RecordedEvent
+) -> dict[str, Any]:
+    """The settlements row a request inserts (the columns of SETTLEMENT_COLUMNS, in order),
+    as it reads back: the POST answers from it without reading it."""
+    state = evolve(None, requested)
+    assert event.stream_version == state.version, "a request is its stream's first event"
+    legs = [leg.model_dump(mode="json") for leg in state.legs]
+    trade = requested if isinstance(requested, TradeRequested) else None
+    return {
+        "transfer_id": state.transfer_id, "kind": state.kind.value,
+        "status": state.status.value, "reason": None, "detail": None,
+        "legs": orjson.dumps(legs).decode(),
+        "accounts": sorted({a for leg in state.legs for a in (leg.from_account, leg.to_account)}),
+        "reference": requested.reference if isinstance(requested, TransferRequested) else None,
+        "instrument": trade.instrument if trade else None,
+        "quantity_minor": trade.quantity_minor if trade else None,
+        "price": trade.price if trade else None,
+        "version": state.version, "position": event.global_position,
+        "created_at": event.recorded_at, "updated_at": event.recorded_at,
+    }
 
 
 def _transfer_id(event: RecordedEvent) -> str:
