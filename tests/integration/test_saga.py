@@ -28,6 +28,7 @@ from ledger.host import Service, ServiceHost, running
 from ledger.http import create_app
 from ledger.settings import Settings
 from saga import Orchestrator, Participants, SagaService
+from saga.state import Action
 from tests.integration.authorized import authorized_client
 from tests.integration.renamed_services import RenamedAccount, RenamedRisk
 from trade_service.contracts import (
@@ -379,7 +380,7 @@ class _FailsOnce(Orchestrator):
 
     failed: ClassVar[set[str]] = set()
 
-    async def _advance(self, saga_id: str) -> datetime | None:
+    async def _advance(self, saga_id: str) -> Action:
         if saga_id not in self.failed:
             self.failed.add(saga_id)
             raise RuntimeError("the store went away for a moment")
