@@ -38,11 +38,11 @@ from eventstore_append import backend_pids, on_postgres, server_cpu_seconds
 
 from eventstore import NO_STREAM, EventStore
 from ledger import metrics
-from saga import log
+from saga import log, runs
 from saga.contracts import SagaStarted, StepStarted, StepSucceeded, stream_of
 from saga.definition import SETTLE_LEGS
-from saga.log import SagaRunsProjection
 from saga.recorder import SagaRecorder
+from saga.runs import SagaRunsProjection
 from saga.state import SagaState, started
 from trade_service.contracts import SettlementLeg
 
@@ -95,7 +95,7 @@ async def leased_sagas(store: EventStore, count: int) -> list[SagaState]:
                               NO_STREAM)  # fmt: skip
         states.append(started(event))
     due_by = datetime.now(UTC) + timedelta(seconds=1)
-    claimed = await log.claim_due(store.pool, store.schema, OWNER, due_by, LEASE_S, count)
+    claimed = await runs.claim_due(store.pool, store.schema, OWNER, due_by, LEASE_S, count)
     assert len(claimed) == count, "every saga is leased"
     return states
 
@@ -118,7 +118,7 @@ def one_per_transaction(store: EventStore) -> Record:
         state: SagaState, events: tuple[StepStarted | StepSucceeded, ...]
     ) -> SagaState:
         async with store.unit_of_work() as unit:
-            held = await log.renew_lease(unit.connection, store.schema, state.saga_id, OWNER,
+            held = await runs.renew_lease(unit.connection, store.schema, state.saga_id, OWNER,
                                          lease_until())  # fmt: skip
             assert held, "the lease is held"
             return await log.record(unit, SETTLE_LEGS, state, events, METADATA)

@@ -15,7 +15,7 @@ from ledger import context
 from ledger.dependencies import runtime_of
 from ledger.host import Runtime
 from ledger.problems import Problem, problem_responses
-from saga import log
+from saga import log, runs
 from saga.contracts import SagaStatus
 from saga.definition import SETTLE_LEGS
 from trade_service.contracts import SettlementLeg
@@ -93,7 +93,7 @@ async def list_sagas(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_ITEMS)] = 50,
 ) -> SagaPage:
     """Sagas in id order, of one status if given; page on with `after=next_after`."""
-    rows = await log.list_runs(runtime.store.pool, runtime.store.schema, status, after, limit)
+    rows = await runs.list_runs(runtime.store.pool, runtime.store.schema, status, after, limit)
     items = [SagaSummary.model_validate(row) for row in rows]
     next_after = items[-1].saga_id if len(items) == limit else None
     return SagaPage(items=items, next_after=next_after)

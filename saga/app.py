@@ -15,8 +15,8 @@ from ledger.host import Runtime
 from saga.api import router as api_router
 from saga.contracts import CATEGORY
 from saga.definition import Participants
-from saga.log import SagaRunsProjection
 from saga.orchestrator import Orchestrator, utc_now
+from saga.runs import SagaRunsProjection
 
 STARTING_SUBJECT = "ledger.trade.>"
 """Every event of the trade service (the NATS server may not take several filters); the

@@ -28,7 +28,7 @@ from ledger import context
 from ledger.commands import CommandClient, CommandFailed, CommandRefused
 from ledger.consumers import ConsumedEvent
 from ledger.settings import Settings
-from saga import log
+from saga import log, runs
 from saga.contracts import SagaEvent, SagaKind, SagaStarted, stream_of
 from saga.definition import SETTLE_LEGS, Participants, SagaDefinition
 from saga.recorder import LeaseLost, SagaRecorder
@@ -129,7 +129,7 @@ class Orchestrator:
                     room.clear()
                     await room.wait()
                     continue
-                saga_ids = await log.claim_due(
+                saga_ids = await runs.claim_due(
                     self._store.pool, self._store.schema, self.owner, self._clock(),
                     self._settings.saga_lease_s, wanted,
                 )  # fmt: skip
@@ -157,7 +157,7 @@ class Orchestrator:
 
     async def run_once(self) -> int:
         """Claim one batch of due sagas and advance each; how many were claimed."""
-        saga_ids = await log.claim_due(
+        saga_ids = await runs.claim_due(
             self._store.pool, self._store.schema, self.owner, self._clock(),
             self._settings.saga_lease_s, self._settings.saga_worker_batch,
         )  # fmt: skip
@@ -194,7 +194,7 @@ class Orchestrator:
         """Advance one leased saga; the lease ends with the turn (or stays until a wait).
 
         A turn that stopped the saga (final or parked) releases nothing: the record that
-        stopped it ended the lease in its own transaction (`saga.log`), and one statement
+        stopped it ended the lease in its own transaction (`saga.runs`), and one statement
         per saga is saved."""
         not_before: datetime | None = None
         has_stopped = False
@@ -221,7 +221,7 @@ class Orchestrator:
         finally:
             self._leased.discard(saga_id)
             if not has_stopped:
-                await log.release_lease(
+                await runs.release_lease(
                     self._store.pool, self._store.schema, saga_id, self.owner, not_before
                 )
 
@@ -272,7 +272,7 @@ class Orchestrator:
 
     async def _renew(self, saga_id: str) -> None:
         """Extend this worker's lease on the saga (a resend: nothing to append with it)."""
-        if not await log.renew_lease(self._store.pool, self._store.schema, saga_id, self.owner,
+        if not await runs.renew_lease(self._store.pool, self._store.schema, saga_id, self.owner,
                                      self._lease_until()):  # fmt: skip
             raise LeaseLost(saga_id)
 

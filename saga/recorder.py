@@ -26,7 +26,7 @@ from typing import Any, Final
 
 from eventstore import EventStore, StoreUnavailable, UnitOfWork
 from ledger import metrics
-from saga import log
+from saga import log, runs
 from saga.contracts import SagaEvent
 from saga.definition import SagaDefinition
 from saga.state import SagaState
@@ -168,7 +168,7 @@ class SagaRecorder:
         """Renew this worker's leases on `saga_ids` in `unit`; the ids it still holds."""
         if not saga_ids:
             return set()
-        return await log.renew_leases(
+        return await runs.renew_leases(
             unit.connection, self._store.schema, saga_ids, self._owner, self._lease_until()
         )
 

@@ -1,5 +1,5 @@
 """What `ledger sagas` reads and writes, straight from the saga service's PostgreSQL schema:
-`saga_runs` (the inline index of the saga log, saga/log.py) and the saga streams.
+`saga_runs` (the inline index of the saga log, saga/runs.py) and the saga streams.
 
 No HTTP: an operator inspects and retries sagas while the services are down, too. The
 retry appends through the saga log's own code path (`saga.log.retry_parked`, which the
@@ -25,7 +25,7 @@ from saga import log
 from saga.app import SagaService
 from saga.contracts import CATEGORY, SagaStatus
 from saga.definition import SETTLE_LEGS
-from saga.log import RUNS_TABLE, SagaRunsProjection
+from saga.runs import RUNS_TABLE, SagaRunsProjection
 from saga.state import SagaState
 
 

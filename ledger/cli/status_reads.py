@@ -20,7 +20,7 @@ from eventstore import EventStore
 from ledger.cli.connections import ServiceDatabase, latest_migration, where
 from ledger.relay import relay_lag_events
 from ledger.settings import Settings
-from saga.log import RUNS_TABLE
+from saga.runs import RUNS_TABLE
 
 DISCOVERY_WINDOW_S: Final = 1.0
 """How long `$SRV.PING` answers are collected: every instance answers within it or is late."""

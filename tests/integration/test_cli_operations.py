@@ -17,7 +17,7 @@ from ledger.embedded import free_port
 from ledger.host import ServiceHost, running
 from ledger.settings import SERVICES
 from risk_service.app import RiskService
-from saga.log import SagaRunsProjection
+from saga.runs import SagaRunsProjection
 from tests.integration.cli_support import Cli, cli_for, one_error_line
 
 LATEST = len(load_migrations())

@@ -11,11 +11,11 @@ import asyncpg
 import pytest
 
 from eventstore import NO_STREAM, ConcurrencyError, EventStore, InvalidEvent
-from saga import log
+from saga import log, runs
 from saga.contracts import SagaStarted, StepStarted, stream_of
 from saga.definition import SETTLE_LEGS
-from saga.log import SagaRunsProjection
 from saga.recorder import LeaseLost, SagaRecorder
+from saga.runs import SagaRunsProjection
 from saga.state import SagaState, started
 from trade_service.contracts import SettlementLeg
 
@@ -48,7 +48,7 @@ async def leased_sagas(store: EventStore, count: int) -> list[SagaState]:
             await unit.append(stream_of(event.saga_id), log.new_events((event,), {}), NO_STREAM)
         states.append(started(event))
     due_by = datetime.now(UTC) + timedelta(seconds=1)
-    claimed = await log.claim_due(store.pool, store.schema, OWNER, due_by, 30.0, count)
+    claimed = await runs.claim_due(store.pool, store.schema, OWNER, due_by, 30.0, count)
     assert sorted(claimed) == sorted(state.saga_id for state in states)
     return states
 
@@ -92,7 +92,7 @@ async def test_records_that_arrive_together_share_a_transaction(saga_store: Even
 async def test_a_record_whose_lease_is_gone_fails_alone(saga_store: EventStore) -> None:
     states = await leased_sagas(saga_store, 6)
     lost = states[3]
-    await log.release_lease(saga_store.pool, saga_store.schema, lost.saga_id, OWNER, None)
+    await runs.release_lease(saga_store.pool, saga_store.schema, lost.saga_id, OWNER, None)
     recorder = recorder_of(saga_store)
 
     outcomes = await asyncio.gather(

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from eventstore import RecordedEvent
 from eventstore._db import Executor
 from saga.contracts import CATEGORY
-from saga.log import SagaRunsProjection
+from saga.runs import SagaRunsProjection
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 STEP_EVENTS = [
