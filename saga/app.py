@@ -64,7 +64,8 @@ class SagaService:
         # prefix on one NATS server each start their own sagas.
         consumer = DurableConsumer(
             runtime.nc, runtime.store, f"{runtime.store.schema}-starter", self._starting_subject,
-            orchestrator.start_from_event, ConsumerOptions.from_settings(runtime.settings),
+            orchestrator.starter.start_one, ConsumerOptions.from_settings(runtime.settings),
+            handle_all=orchestrator.starter.start_all,
         )  # fmt: skip
         await consumer.ensure()
         runtime.spawn(consumer.run, "starter")

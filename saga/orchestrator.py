@@ -1,4 +1,4 @@
-"""The orchestrator: starts sagas from the trade service's events and advances them.
+"""The orchestrator: advances sagas (`saga.starter` starts them from the trade's events).
 
 Workers claim due sagas with a lease (`UPDATE ... WHERE saga_id IN (SELECT ... FOR UPDATE
 SKIP LOCKED)` in one short statement), then, for each, fold its log and perform
@@ -21,17 +21,16 @@ from typing import Final
 
 from nats.aio.client import Client
 
-from eventstore import NO_STREAM, ConcurrencyError, EventStore, UnitOfWork
-from eventstore._db import Connection
+from eventstore import ConcurrencyError, EventStore
 from eventstore.notifier import Notifier
 from ledger import context
 from ledger.commands import CommandClient, CommandFailed, CommandRefused
-from ledger.consumers import ConsumedEvent
 from ledger.settings import Settings
 from saga import log, runs
-from saga.contracts import SagaEvent, SagaKind, SagaStarted, stream_of
+from saga.contracts import SagaEvent
 from saga.definition import SETTLE_LEGS, Participants, SagaDefinition
 from saga.recorder import LeaseLost, SagaRecorder
+from saga.starter import SagaStarter
 from saga.state import (
     Action,
     Idle,
@@ -51,10 +50,6 @@ from saga.state import (
 from trade_service.contracts import TradeRequested, TransferRequested
 
 _log = logging.getLogger(__name__)
-_STARTING_EVENTS: Final[dict[str, type[TransferRequested] | type[TradeRequested]]] = {
-    "TransferRequested": TransferRequested,
-    "TradeRequested": TradeRequested,
-}
 _MAX_FAILED_TURNS_KEPT: Final = 10_000
 """Sagas whose unexpected failures in a row an orchestrator counts at most."""
 _MAX_ACTIONS_PER_CLAIM: Final = 64
@@ -95,6 +90,8 @@ class Orchestrator:
         self._notifier = notifier
         self._leased: set[str] = set()
         """Sagas this worker advances now, under its lease."""
+        self.starter = SagaStarter(store, settings.saga_deadline_s, clock)
+        """Starts sagas (the saga service's starter consumer hands it the trade's events)."""
         self._recorder = SagaRecorder(store, definition, self.owner, self._lease_until)
         self._client = CommandClient(nc, settings.saga_step_timeout_s, max_retries=0)
         self._policy = RetryPolicy(
@@ -169,26 +166,7 @@ class Orchestrator:
 
     async def start(self, request: TransferRequested | TradeRequested) -> bool:
         """Start the saga of `request` in its own transaction; False if it exists already."""
-        async with self._store.unit_of_work() as unit:
-            return await start_saga(unit, request, self._deadline_at())
-
-    async def start_from_event(self, connection: Connection, event: ConsumedEvent) -> None:
-        """The starter consumer's handler: start a saga for a transfer or trade request,
-        in the consumer's transaction; other events of the trade service are skipped."""
-        model = _STARTING_EVENTS.get(event.event_type)
-        if model is None:
-            return
-        request = model.model_validate(event.data)
-        is_new = await start_saga(UnitOfWork(self._store, connection), request,
-                                  self._deadline_at())  # fmt: skip
-        if is_new:
-            # The NOTIFY goes out a little later (coalesced), normally after the consumer's
-            # commit; if it comes first, the saga waits for the next wake or poll.
-            self._store.announcer.announce(is_committed=False)
-        _log.info("saga %s %s", request.transfer_id, "started" if is_new else "exists already")
-
-    def _deadline_at(self) -> datetime:
-        return self._clock() + timedelta(seconds=self._settings.saga_deadline_s)
+        return await self.starter.start(request)
 
     async def _advance_leased(self, saga_id: str) -> None:
         """Advance one leased saga; the lease ends with the turn (or stays until a wait).
@@ -316,20 +294,3 @@ class Orchestrator:
             is_leased=state.saga_id in self._leased,
         )  # fmt: skip
 
-
-async def start_saga(
-    unit: UnitOfWork, request: TransferRequested | TradeRequested, deadline_at: datetime
-) -> bool:
-    """Append the SagaStarted of `request` in `unit`; False (and no change) when the saga
-    was started before: the saga id is the transfer id, and its stream must not exist."""
-    kind: SagaKind = "trade" if isinstance(request, TradeRequested) else "transfer"
-    started = SagaStarted(saga_id=request.transfer_id, kind=kind, legs=request.legs,
-                          deadline_at=deadline_at)  # fmt: skip
-    events = log.new_events((started,), context.current().as_metadata())
-    try:
-        # A savepoint: a refused append must not abort the caller's transaction.
-        async with unit.connection.transaction():
-            await unit.append(stream_of(request.transfer_id), events, NO_STREAM)
-    except ConcurrencyError:
-        return False
-    return True

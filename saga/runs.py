@@ -78,20 +78,25 @@ class SagaRunsProjection(Projection):
         self, connection: Connection, table: str, events: Sequence[RecordedEvent]
     ) -> None:
         """Fold a page of events as `apply` would, with one update for every saga whose
-        events here only set columns (a group commit of the orchestrator, a rebuild's page);
-        a saga started here, or parked or retried (columns copied from the row), goes event
-        by event."""
+        events here only set columns (a group commit of the orchestrator, a rebuild's page)
+        and one insert for every saga whose only event here is its start (a batch of the
+        starter); a saga started with more events here, or parked or retried (columns
+        copied from the row), goes event by event."""
         by_saga: dict[str, list[RecordedEvent]] = {}
         for event in events:
             if event.category == CATEGORY:
                 by_saga.setdefault(event.stream_id[len(CATEGORY) + 1 :], []).append(event)
-        folded = []
+        folded, started = [], []
         for saga_id, its_events in by_saga.items():
-            if any(event.event_type in _ROW_BY_ROW for event in its_events):
+            if [event.event_type for event in its_events] == ["SagaStarted"]:
+                started.append((saga_id, its_events[0]))
+            elif any(event.event_type in _ROW_BY_ROW for event in its_events):
                 for event in its_events:
                     await self.apply(connection, table, event)
             else:
                 folded.append(_FoldedRow.of(saga_id, its_events))
+        if started:
+            await _insert_rows(connection, table, started)
         if folded:
             await _update_rows(connection, table, folded)
 
@@ -122,6 +127,21 @@ class _FoldedRow:
         assert not any(isinstance(value, _Column) for value in changes.values()), "foldable"
         return cls(saga_id, first.stream_version - 1, last.stream_version, last.recorded_at,
                    changes)  # fmt: skip
+
+
+async def _insert_rows(
+    connection: Connection, table: str, started: Sequence[tuple[str, RecordedEvent]]
+) -> None:
+    """The rows of sagas that just started (`apply`'s insert for many, in one statement)."""
+    await connection.execute(
+        f"insert into {table} (saga_id, kind, status, version, next_attempt_at, started_at,"
+        " updated_at) select u.saga_id, u.kind, 'running', u.version, u.at, u.at, u.at"
+        " from unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[])"
+        " as u(saga_id, kind, version, at)",
+        [saga_id for saga_id, _ in started], [event.data["kind"] for _, event in started],
+        [event.stream_version for _, event in started],
+        [event.recorded_at for _, event in started],
+    )  # fmt: skip
 
 
 async def _update_rows(connection: Connection, table: str, rows: Sequence[_FoldedRow]) -> None:
