@@ -65,16 +65,18 @@ class Notifier:
             return False
         try:
             await connection.add_listener(self.channel, self._on_notify)
+            # A connection lost since is detached from its proxy already: InterfaceError.
+            connection.add_termination_listener(self._on_connection_lost)
         except BaseException as error:
-            # Cancelled or failed half way: the connection goes back, or the pool would
-            # lose it for good (__aexit__ does not run when __aenter__ did not finish).
+            # Cancelled or failed half way: the connection goes back (a no-op once detached),
+            # or the pool would lose it for good (__aexit__ does not run when __aenter__ did
+            # not finish).
             await self.store.pool.release(connection)
             if not isinstance(error, CONNECTION_ERRORS):
                 raise
             _log.warning("%s: LISTEN failed, polling only: %s", self.channel, error)
             return False
         self._connection = connection
-        connection.add_termination_listener(self._on_connection_lost)
         return True
 
     def _on_connection_lost(self, _connection: object) -> None:
@@ -99,8 +101,11 @@ class Notifier:
             await asyncio.sleep(delay_s)
             if self.store.pool.is_closing():
                 return
-            if await self._listen():
-                break
+            try:
+                if await self._listen():
+                    break
+            except Exception:  # a bug, not an outage: loud, but the waiters keep a listener
+                _log.exception("%s: listening again failed", self.channel)
             delay_s = min(delay_s * 2, RELISTEN_MAX_S)
         _log.info("%s: listening again", self.channel)
         self._on_local_append()
@@ -123,8 +128,10 @@ class Notifier:
         connection, self._connection = self._connection, None
         if connection is None:
             return
-        connection.remove_termination_listener(self._on_connection_lost)
+        # The connection may have been lost a moment ago, its callback not yet run: the
+        # proxy is detached then, and both calls raise InterfaceError.
         with contextlib.suppress(*CONNECTION_ERRORS):
+            connection.remove_termination_listener(self._on_connection_lost)
             await connection.remove_listener(self.channel, self._on_notify)
         await self.store.pool.release(connection)
 

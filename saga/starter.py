@@ -3,9 +3,10 @@
 The saga id is the transfer id, and a saga's stream must not exist when it starts, so a
 request delivered again starts nothing. The starter consumer hands a fetched batch to
 `start_all`: every request's SagaStarted in one round trip (`append_many`), their
-`saga_runs` rows in one statement. A saga that exists already (a redelivery) fails that
-batch; the consumer rolls it back and hands its messages one by one to `start_one`, which
-skips the saga that exists (docs/saga-starter-batches.md).
+`saga_runs` rows in one statement. A saga that exists already (started outside this
+consumer's inbox, which takes care of redeliveries) fails that batch; the consumer rolls it
+back and hands its messages one by one to `start_one`, which skips the saga that exists
+(docs/saga-starter-batches.md).
 """
 
 from __future__ import annotations
@@ -63,18 +64,23 @@ class SagaStarter:
         """The starter consumer's batch handler: `start_one` for each event, with one append
         for them all. Raises ConcurrencyError, failing the batch, when a saga exists."""
         deadline_at = self._deadline_at()
-        started: dict[str, Append] = {}
+        started: dict[str, tuple[context.RequestContext, Append]] = {}
         for event in events:
             request = _request_of(event)
             if request is not None:
-                metadata = context.from_metadata(event.metadata, event.event_id).as_metadata()
-                started[request.transfer_id] = _started(request, deadline_at, metadata)
+                handling = context.from_metadata(event.metadata, event.event_id)
+                started[request.transfer_id] = (
+                    handling, _started(request, deadline_at, handling.as_metadata())
+                )
         if not started:
             return
-        await UnitOfWork(self._store, connection).append_many(list(started.values()))
+        await UnitOfWork(self._store, connection).append_many(
+            [append for _, append in started.values()]
+        )
         self._announce()
-        for saga_id in started:
-            _log.info("saga %s started", saga_id)
+        for saga_id, (handling, _) in started.items():
+            with context.bound(handling):
+                _log.info("saga %s started", saga_id)
 
     def _deadline_at(self) -> datetime:
         return self._clock() + timedelta(seconds=self._deadline_s)

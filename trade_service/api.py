@@ -185,8 +185,8 @@ async def _request(
 
     async def effect(unit: UnitOfWork) -> Answer:
         transfer_id = str(uuid.uuid4())
-        requested, *_ = decided = decide(transfer_id, _now())
-        assert isinstance(requested, TransferRequested | TradeRequested), "a request first"
+        [requested] = decided = decide(transfer_id, _now())
+        assert isinstance(requested, TransferRequested | TradeRequested), "a request, alone"
         result = await unit.append(stream_of(kind, transfer_id),
                                    [to_new_event(event) for event in decided], NO_STREAM)
         row = requested_row(requested, result.events[0])  # as the inline projection wrote it

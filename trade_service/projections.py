@@ -29,6 +29,7 @@ SETTLEMENT_COLUMNS: Final = (
     "transfer_id, kind, status, reason, detail, legs, accounts, reference, instrument,"
     " quantity_minor, price, version, position, created_at, updated_at"
 )
+_COLUMN_NAMES: Final = tuple(name.strip() for name in SETTLEMENT_COLUMNS.split(","))
 
 
 class SettlementsProjection(Projection):
@@ -133,6 +134,7 @@ async def _insert(
     event: RecordedEvent,
 ) -> None:
     row = requested_row(requested, event)
+    assert tuple(row) == _COLUMN_NAMES, "the values in the order of SETTLEMENT_COLUMNS"
     # No "on conflict": a settlement is requested once, and the key refuses a second loudly.
     await connection.execute(
         f"insert into {table} ({SETTLEMENT_COLUMNS}) values"

@@ -4,6 +4,7 @@ again on a new connection, and hears other processes' appends as before."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import asyncpg
 import pytest
@@ -82,3 +83,42 @@ async def test_closing_while_listening_again_holds_no_connection(
     )
     assert listeners == 0
     assert not notifier.is_listening
+
+
+async def test_closing_just_after_the_connection_dropped_raises_nothing(
+    store: EventStore,
+) -> None:
+    notifier = await Notifier(store).open()
+    assert notifier._connection is not None
+    # Dropped on our side: asyncpg detaches it now and runs our callback a turn later.
+    notifier._connection.terminate()
+
+    await notifier.close()
+
+    assert not notifier.is_listening
+
+
+async def test_a_connection_lost_as_listen_completes_is_replaced(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    listen = asyncpg.pool.PoolConnectionProxy.add_listener
+    dropped: list[int] = []
+
+    async def listen_then_drop(proxy: Any, channel: str, callback: Any) -> None:
+        await listen(proxy, channel, callback)
+        if not dropped:  # the first LISTEN only: its connection drops as it completes
+            dropped.append(proxy.get_server_pid())
+            proxy.terminate()
+
+    monkeypatch.setattr(asyncpg.pool.PoolConnectionProxy, "add_listener", listen_then_drop)
+    monkeypatch.setattr(notifier_module, "RELISTEN_FIRST_S", 1.0)
+    async with Notifier(store) as notifier:
+        assert dropped
+        assert not notifier.is_listening  # it opened all the same, polling for now
+        second_pid = await listening_pid(store.pool, notifier.channel, other_than=dropped[0])
+        for _ in range(int(GUARD_S / 0.05)):
+            if notifier.is_listening:
+                break
+            await asyncio.sleep(0.05)
+        assert notifier.is_listening
+    assert second_pid != dropped[0]
