@@ -1,5 +1,5 @@
-"""Integration fixtures: one pool for the session, a fresh schema for every test, and a
-NATS connection for every test that asks for one."""
+"""Integration fixtures: one pool for the session, a fresh schema for every test (with an
+event store, or a saga log), and a NATS connection for every test that asks for one."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from nats.aio.client import Client
 
 from eventstore import EventStore
 from ledger.bus import connect
+from saga.runs import SagaRunsProjection
 
 POOL_CLOSE_GRACE_S = 30.0
 
@@ -44,6 +45,15 @@ async def store(pool: asyncpg.Pool, schema: str) -> EventStore:
     created = EventStore(pool, schema)
     await created.migrate()
     return created
+
+
+@pytest.fixture
+async def saga_store(pool: asyncpg.Pool, schema: str) -> EventStore:
+    """A saga log with its `saga_runs` index, in a schema of its own."""
+    store = EventStore(pool, schema, inline_projections=(SagaRunsProjection(),))
+    await store.migrate()
+    await SagaRunsProjection().ensure_table(store)
+    return store
 
 
 @pytest.fixture

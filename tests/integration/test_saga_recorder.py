@@ -7,30 +7,17 @@ import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import asyncpg
-import pytest
-
 from eventstore import NO_STREAM, ConcurrencyError, EventStore, InvalidEvent
 from saga import log, runs
 from saga.contracts import SagaStarted, StepStarted, stream_of
 from saga.definition import SETTLE_LEGS
 from saga.recorder import LeaseLost, SagaRecorder
-from saga.runs import SagaRunsProjection
 from saga.state import SagaState, started
 from trade_service.contracts import SettlementLeg
 
 OWNER = "orchestrator-test"
 LEG = SettlementLeg(leg_id="leg-1", from_account="a", to_account="b", amount_minor=100,
                     currency="USD")  # fmt: skip
-
-
-@pytest.fixture
-async def saga_store(pool: asyncpg.Pool, schema: str) -> EventStore:
-    """A saga log with its `saga_runs` index, in a schema of its own."""
-    store = EventStore(pool, schema, inline_projections=(SagaRunsProjection(),))
-    await store.migrate()
-    await SagaRunsProjection().ensure_table(store)
-    return store
 
 
 def recorder_of(store: EventStore, lease_until: datetime | None = None) -> SagaRecorder:

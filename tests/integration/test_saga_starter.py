@@ -7,12 +7,10 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import asyncpg
 import pytest
 
 from eventstore import ConcurrencyError, EventStore
 from ledger.consumers import ConsumedEvent
-from saga.runs import SagaRunsProjection
 from saga.starter import SagaStarter
 from trade_service.contracts import SettlementLeg, TransferRequested
 
@@ -20,15 +18,6 @@ NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 DEADLINE_S = 300.0
 LEG = SettlementLeg(leg_id="transfer", from_account="a", to_account="b", amount_minor=100,
                     currency="USD")  # fmt: skip
-
-
-@pytest.fixture
-async def saga_store(pool: asyncpg.Pool, schema: str) -> EventStore:
-    """A saga log with its `saga_runs` index, in a schema of its own."""
-    store = EventStore(pool, schema, inline_projections=(SagaRunsProjection(),))
-    await store.migrate()
-    await SagaRunsProjection().ensure_table(store)
-    return store
 
 
 def consumed(event_type: str, data: dict[str, object], correlation_id: str) -> ConsumedEvent:
