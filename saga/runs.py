@@ -88,7 +88,7 @@ class SagaRunsProjection(Projection):
                 by_saga.setdefault(event.stream_id[len(CATEGORY) + 1 :], []).append(event)
         folded, started = [], []
         for saga_id, its_events in by_saga.items():
-            if [event.event_type for event in its_events] == ["SagaStarted"]:
+            if len(its_events) == 1 and its_events[0].event_type == "SagaStarted":
                 started.append((saga_id, its_events[0]))
             elif any(event.event_type in _ROW_BY_ROW for event in its_events):
                 for event in its_events:

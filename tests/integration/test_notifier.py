@@ -30,6 +30,15 @@ async def listening_pid(pool: asyncpg.Pool, channel: str, other_than: int = 0) -
     raise AssertionError(f"nobody LISTENs on {channel}")
 
 
+async def until_listening(notifier: Notifier) -> bool:
+    """Whether the notifier listens again within the guard."""
+    for _ in range(int(GUARD_S / 0.05)):
+        if notifier.is_listening:
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
 async def terminate(pool: asyncpg.Pool, pid: int) -> None:
     assert await pool.fetchval("select pg_terminate_backend($1)", pid)
 
@@ -48,11 +57,7 @@ async def test_a_lost_listen_connection_wakes_waiters_and_is_replaced(
         await notifier.wait_past(seen, GUARD_S)
         assert notifier.generation > seen
         second_pid = await listening_pid(pool, notifier.channel, other_than=first_pid)
-        for _ in range(int(GUARD_S / 0.05)):  # the LISTEN ran; its task finishes right after
-            if notifier.is_listening:
-                break
-            await asyncio.sleep(0.05)
-        assert notifier.is_listening
+        assert await until_listening(notifier)  # the LISTEN ran; its task ends right after
 
         # Another process's append reaches it again through PostgreSQL alone.
         seen = notifier.generation
@@ -116,9 +121,5 @@ async def test_a_connection_lost_as_listen_completes_is_replaced(
         assert dropped
         assert not notifier.is_listening  # it opened all the same, polling for now
         second_pid = await listening_pid(store.pool, notifier.channel, other_than=dropped[0])
-        for _ in range(int(GUARD_S / 0.05)):
-            if notifier.is_listening:
-                break
-            await asyncio.sleep(0.05)
-        assert notifier.is_listening
+        assert await until_listening(notifier)
     assert second_pid != dropped[0]
