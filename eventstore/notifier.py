@@ -5,6 +5,8 @@ last saw and waits for a newer one or a timeout; polling after the timeout is th
 while the LISTEN connection is lost, so a missed notification costs latency, never an event.
 A lost connection (PostgreSQL restarted, the backend terminated) is replaced in the
 background, with backoff, and waiters are woken on both edges to look for what they missed.
+A connection that dies without a word (a network partition, a host that vanished) is found
+out by a probe that asks it to answer now and then, and is dropped and replaced the same way.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ RELISTEN_FIRST_S: Final = 0.1
 """The first wait before listening again on a new connection, doubled per failure..."""
 RELISTEN_MAX_S: Final = 5.0
 """...up to this: a PostgreSQL that is down costs a warning and a try every 5 s at most."""
+PROBE_EVERY_S: Final = 30.0
+"""How often the LISTEN connection must answer a `select 1`: a connection that died
+silently is found out within PROBE_EVERY_S + PROBE_TIMEOUT_S, meanwhile waiters poll."""
+PROBE_TIMEOUT_S: Final = 10.0
+"""How long a probe may take before the connection counts as dead."""
 
 
 class Notifier:
@@ -38,6 +45,7 @@ class Notifier:
         self._changed = asyncio.Event()
         self._connection: PoolConnectionProxy[Any] | None = None
         self._relistening: asyncio.Task[None] | None = None
+        self._probing: asyncio.Task[None] | None = None
         self._is_closed = False
 
     async def __aenter__(self) -> Notifier:
@@ -77,7 +85,26 @@ class Notifier:
             _log.warning("%s: LISTEN failed, polling only: %s", self.channel, error)
             return False
         self._connection = connection
+        self._probing = asyncio.create_task(self._probe(connection))
         return True
+
+    async def _probe(self, connection: PoolConnectionProxy[Any]) -> None:
+        """Ask the LISTEN connection to answer now and then. TCP tells nobody of a peer that
+        went silent, and the notifications would just stop: one that does not answer in time
+        is dropped, and replaced (`_on_connection_lost`) as if PostgreSQL had closed it."""
+        while True:
+            await asyncio.sleep(PROBE_EVERY_S)
+            try:
+                async with asyncio.timeout(PROBE_TIMEOUT_S):
+                    await connection.fetchval("select 1")
+            except (TimeoutError, *CONNECTION_ERRORS) as error:
+                if self._connection is connection:  # not lost, closed or replaced meanwhile
+                    _log.warning(
+                        "%s: LISTEN connection did not answer a probe, dropping it: %r",
+                        self.channel, error,
+                    )  # fmt: skip
+                    connection.terminate()  # calls _on_connection_lost at once
+                return
 
     def _on_connection_lost(self, _connection: object) -> None:
         """asyncpg calls this when the LISTEN connection closes under us; the pool has
@@ -85,9 +112,15 @@ class Notifier:
         if self._is_closed or self._connection is None or self.store.pool.is_closing():
             return
         self._connection = None
+        self._stop_probing()
         _log.warning("%s: LISTEN connection lost, polling until it is back", self.channel)
         self._on_local_append()  # anything in flight may have lost its notification
         self._relisten()
+
+    def _stop_probing(self) -> None:
+        probing, self._probing = self._probing, None
+        if probing is not None and probing is not asyncio.current_task():
+            probing.cancel()  # the probe that found the loss returns by itself
 
     def _relisten(self) -> None:
         if self._relistening is None or self._relistening.done():
@@ -125,6 +158,10 @@ class Notifier:
         if self._relistening is not None:
             self._relistening.cancel()
             await asyncio.wait({self._relistening})  # unlike awaiting it, keeps our own cancel
+        probing, self._probing = self._probing, None
+        if probing is not None:  # before the connection goes back: no probe on a released one
+            probing.cancel()
+            await asyncio.wait({probing})
         connection, self._connection = self._connection, None
         if connection is None:
             return

@@ -1,10 +1,12 @@
-"""The notifier survives the loss of its LISTEN connection: it wakes its waiters, listens
-again on a new connection, and hears other processes' appends as before."""
+"""The notifier survives the loss of its LISTEN connection, whether PostgreSQL reports it or
+the connection just goes silent: it wakes its waiters, listens again on a new connection,
+and hears other processes' appends as before."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -12,6 +14,7 @@ import pytest
 from eventstore import EventStore
 from eventstore import notifier as notifier_module
 from eventstore.notifier import Notifier
+from tests.integration.freezable_proxy import FreezableProxy
 
 GUARD_S = 10.0
 """How long a test waits for something that should happen at once, before it gives up."""
@@ -123,3 +126,37 @@ async def test_a_connection_lost_as_listen_completes_is_replaced(
         second_pid = await listening_pid(store.pool, notifier.channel, other_than=dropped[0])
         assert await until_listening(notifier)
     assert second_pid != dropped[0]
+
+
+async def test_a_connection_gone_silent_is_dropped_and_replaced(
+    store: EventStore, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(notifier_module, "PROBE_EVERY_S", 0.2)
+    monkeypatch.setattr(notifier_module, "PROBE_TIMEOUT_S", 0.5)
+    target = urlsplit(database_url)
+    assert target.hostname is not None
+    assert target.port is not None
+    async with FreezableProxy(target.hostname, target.port) as proxy:
+        through_proxy = target._replace(netloc=f"{target.username}@127.0.0.1:{proxy.port}")
+        pool = await asyncpg.create_pool(urlunsplit(through_proxy), min_size=1, max_size=4)
+        try:
+            notifier = await Notifier(EventStore(pool, store.schema)).open()
+            try:
+                assert notifier.is_listening
+                seen = notifier.generation
+
+                proxy.freeze()  # a partition: nothing closes, nothing arrives
+
+                await notifier.wait_past(seen, GUARD_S)  # the probe gave up: waiters woken
+                assert not notifier.is_listening
+                proxy.thaw()
+                assert await until_listening(notifier)
+                seen = notifier.generation
+                await store.pool.execute("select pg_notify($1, 'elsewhere')", notifier.channel)
+                await notifier.wait_past(seen, GUARD_S)
+                assert notifier.generation > seen
+            finally:
+                proxy.thaw()  # a failed test's close would wait on the frozen connection
+                await notifier.close()
+        finally:
+            pool.terminate()
