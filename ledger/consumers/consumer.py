@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
 from dataclasses import replace
 from typing import Final
 
-import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -19,13 +17,8 @@ from eventstore._db import Connection
 from eventstore._lease import ConnectionLease
 from eventstore._translate import translated_errors
 from ledger import context, metrics
-from ledger.bus import dead_letter_subject
+from ledger.consumers.dead_letters import BUS_DOWN, park, quietly
 from ledger.consumers.messages import (
-    DELIVERY_COUNT_HEADER,
-    ERROR_HEADER,
-    MSG_ID_HEADER,
-    ORIGINAL_SEQUENCE_HEADER,
-    ORIGINAL_SUBJECT_HEADER,
     ConsumedEvent,
     ConsumerBatchHandler,
     ConsumerHandler,
@@ -37,12 +30,8 @@ from ledger.consumers.pulls import PullBatches
 
 _log = logging.getLogger(__name__)
 
-_MAX_ERROR_CHARS: Final = 500
 _MAX_RETRY_PAUSE_S: Final = 5.0
 _FIRST_RETRY_PAUSE_S: Final = 0.1
-
-# Failures of NATS while fetching or subscribing: the client reconnects by itself.
-_BUS_DOWN: Final = (nats.errors.Error, asyncio.TimeoutError, OSError)
 
 
 class HandlerTimedOut(Exception):
@@ -110,7 +99,7 @@ class DurableConsumer:
                     continue
                 await asyncio.sleep(pause_s)
                 pause_s = min(pause_s * 2, _MAX_RETRY_PAUSE_S)
-            await _quietly(self._nc.flush(timeout=1))
+            await quietly(self._nc.flush(timeout=1))
         finally:
             # A pull subscription left behind would keep a NATS drain waiting for ever.
             await asyncio.shield(self._forget_subscription())
@@ -119,16 +108,6 @@ class DurableConsumer:
     def stop(self) -> None:
         """Ask run() to return after the message in hand; fetched but unhandled ones are naked."""
         self._is_stopping = True
-
-    async def is_caught_up(self) -> bool:
-        """True when every message of the stream was delivered to and acked by this consumer.
-
-        Raises nats.errors.Error when NATS does not answer.
-        """
-        info = await self._js.consumer_info(self.options.stream, self.durable_name)
-        pending = info.num_pending or 0
-        metrics.consumer_lag_messages.labels(self.durable_name).set(pending)
-        return pending == 0 and not info.num_ack_pending
 
     async def stream_last_sequence(self) -> int:
         """The sequence of the last message in the consumer's stream now (of any subject):
@@ -143,7 +122,7 @@ class DurableConsumer:
         """True when every message of this consumer's subject up to `stream_sequence` was
         handled and acked: its ack floor has passed it, or nothing is left at all.
 
-        Unlike `is_caught_up`, this becomes true under a steady flow of new messages too.
+        Unlike "nothing pending", this becomes true under a steady flow of new messages too.
         Raises nats.errors.Error when NATS does not answer.
         """
         info = await self._js.consumer_info(self.options.stream, self.durable_name)
@@ -167,7 +146,7 @@ class DurableConsumer:
         try:
             if self._subscription is None:
                 await self.ensure()
-        except _BUS_DOWN as error:
+        except BUS_DOWN as error:
             _log.warning("consumer %s cannot subscribe: %r", self.durable_name, error)
             await self._forget_subscription()
             return False
@@ -178,7 +157,7 @@ class DurableConsumer:
             messages = await self._subscription.fetch(
                 self.options.fetch_batch, self.options.fetch_wait_s
             )
-        except _BUS_DOWN as error:
+        except BUS_DOWN as error:
             _log.warning("consumer %s cannot fetch: %r", self.durable_name, error)
             await self._forget_subscription()
             return False
@@ -196,7 +175,7 @@ class DurableConsumer:
             return
         try:
             leftovers = await subscription.close()
-        except _BUS_DOWN as error:
+        except BUS_DOWN as error:
             _log.warning("consumer %s: unsubscribe not heard: %r", self.durable_name, error)
             return
         await self._release(leftovers)
@@ -242,7 +221,7 @@ class DurableConsumer:
             if event.delivery_count > 1:
                 metrics.consumer_redeliveries.labels(self.durable_name).inc()
             metrics.consumer_handled_messages.labels(self.durable_name, outcome).inc()
-            await _quietly(msg.ack())
+            await quietly(msg.ack())
         return True
 
     async def _mark_and_handle_all(
@@ -301,7 +280,7 @@ class DurableConsumer:
             is_new = await self._transact(event)
         except StoreUnavailable as error:  # not the message's fault: never counts towards parking
             _log.warning("consumer %s: store unavailable: %r", self.durable_name, error)
-            await _quietly(msg.nak(self.options.retry_delay_s(event.delivery_count)))
+            await quietly(msg.nak(self.options.retry_delay_s(event.delivery_count)))
             return False
         except _HandlerFailed as failed:
             await self._fail(msg, event, failed.error)
@@ -309,7 +288,7 @@ class DurableConsumer:
         except Exception as error:  # PostgreSQL refused the mark or the commit: retry or park
             await self._fail(msg, event, error)
             return True
-        await _quietly(msg.ack())
+        await quietly(msg.ack())
         outcome = "applied" if is_new else "duplicate"
         metrics.consumer_handled_messages.labels(self.durable_name, outcome).inc()
         return True
@@ -358,35 +337,16 @@ class DurableConsumer:
             event.event_type, event.event_id, event.delivery_count, delay_s, error,
         )  # fmt: skip
         metrics.consumer_handled_messages.labels(self.durable_name, "failed").inc()
-        await _quietly(msg.nak(delay_s))
+        await quietly(msg.nak(delay_s))
 
     async def _park(self, msg: Msg, error: Exception) -> None:
-        """Copy `msg` to the dead-letter subject, then terminate it; nak it if that fails."""
-        _log.error("consumer %s parks message %s: %r", self.durable_name, msg.subject, error)
-        sequence = msg.metadata.sequence.stream
-        headers = dict(msg.headers or {})
-        headers.update({
-            ERROR_HEADER: _header_safe(repr(error)),
-            ORIGINAL_SUBJECT_HEADER: msg.subject,
-            ORIGINAL_SEQUENCE_HEADER: str(sequence),
-            DELIVERY_COUNT_HEADER: str(msg.metadata.num_delivered),
-            # Another consumer may park the same event: the id must be this consumer's.
-            MSG_ID_HEADER: f"{self.durable_name}:{msg.metadata.stream}:{sequence}",
-        })  # fmt: skip
-        subject = dead_letter_subject(self.durable_name)
-        try:
-            await self._js.publish(subject, msg.data, headers=headers)
-        except _BUS_DOWN as publish_error:
-            _log.warning("consumer %s cannot park: %r", self.durable_name, publish_error)
-            await _quietly(msg.nak(self.options.retry_delay_s(msg.metadata.num_delivered)))
-            return
-        await _quietly(msg.term())
-        metrics.consumer_handled_messages.labels(self.durable_name, "dead_lettered").inc()
+        delay_s = self.options.retry_delay_s(msg.metadata.num_delivered)
+        await park(self._js, self.durable_name, msg, error, delay_s)
 
     async def _release(self, messages: list[Msg]) -> None:
         """Give back fetched messages not handled, so they are redelivered without ack_wait."""
         for msg in messages:
-            await _quietly(msg.nak())
+            await quietly(msg.nak())
 
     def _config(self) -> ConsumerConfig:
         return ConsumerConfig(
@@ -403,17 +363,3 @@ class DurableConsumer:
 def _context_of(msg: Msg, event: ConsumedEvent) -> context.RequestContext:
     """The request context of handling `event`: its correlation and trace, caused by it."""
     return replace(context.from_headers(msg.headers), causation_id=event.event_id)
-
-
-async def _quietly(settling: Awaitable[None]) -> None:
-    """Await an ack, nak, flush or unsubscribe whose loss only means a later redelivery."""
-    try:
-        await settling
-    except _BUS_DOWN as error:
-        _log.warning("NATS did not take an acknowledgement: %r", error)
-
-
-def _header_safe(text: str) -> str:
-    return " ".join(text.split())[:_MAX_ERROR_CHARS]
-
-
