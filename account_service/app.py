@@ -12,7 +12,8 @@ from account_service.access import owners_of
 from account_service.api import router as api_router
 from account_service.commands import register_commands
 from account_service.events import CATEGORY
-from account_service.projections import BalancesProjection, EntriesProjection, HoldsProjection
+from account_service.holds import HoldsProjection
+from account_service.projections import BalancesProjection, EntriesProjection
 from eventstore import Projection
 from ledger.auth import OwnersServer, owners_subject
 from ledger.commands import CommandService

@@ -10,7 +10,7 @@ audit of hash chains) is exported here too; the modules behind it are private de
 """
 
 from eventstore.audit import ChainReport, verify_chains
-from eventstore.batching import lock_streams, unnest_columns
+from eventstore.batching import lock_streams, unnest_columns, unnest_placeholders
 from eventstore.errors import (
     AppendOnlyViolation,
     ConcurrencyError,
@@ -103,5 +103,6 @@ __all__ = [
     "store_response",
     "stored_response",
     "unnest_columns",
+    "unnest_placeholders",
     "verify_chains",
 ]

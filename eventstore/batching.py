@@ -27,3 +27,9 @@ async def lock_streams(executor: Executor, schema: str, stream_ids: Iterable[str
 def unnest_columns(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
     """Rows turned into one list per column: the arrays `unnest` turns back into rows."""
     return [list(column) for column in zip(*rows, strict=True)]
+
+
+def unnest_placeholders(types: str) -> str:
+    """`$1::t1, $2::t2, ...` for a comma-separated list of array types: the arguments of an
+    `unnest` over the lists `unnest_columns` gives, in column order."""
+    return ", ".join(f"${i}::{t.strip()}" for i, t in enumerate(types.split(","), start=1))

@@ -26,7 +26,8 @@ from account_service.commands import (
 )
 from account_service.contracts import Leg, LegsDone, PostLegs, ReserveLegs, VoidLegs
 from account_service.domain import deposit, open_account
-from account_service.projections import BalancesProjection, EntriesProjection, HoldsProjection
+from account_service.holds import HoldsProjection
+from account_service.projections import BalancesProjection, EntriesProjection
 from eventstore import EventStore, UnitOfWork
 from ledger.commands import CommandRefused, Incoming
 from ledger.context import new_context

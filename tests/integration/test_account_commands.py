@@ -16,7 +16,8 @@ from account_service import repository
 from account_service.commands import register_commands, reserve_legs
 from account_service.contracts import Leg, LegsDone, PostLegs, ReserveLegs, VoidLegs
 from account_service.domain import AccountState, deposit, freeze, open_account
-from account_service.projections import BalancesProjection, EntriesProjection, HoldsProjection
+from account_service.holds import HoldsProjection
+from account_service.projections import BalancesProjection, EntriesProjection
 from eventstore import Append, ConcurrencyError, EventStore, Projection, rebuild
 from ledger.commands import CommandClient, CommandRefused, CommandService
 from ledger.context import bound, new_context

@@ -28,7 +28,8 @@ from account_service.contracts import (
 )
 from account_service.domain import AccountError, AccountState, Hold, HoldStatus
 from account_service.events import stream_of
-from account_service.projections import BalancesProjection, EntriesProjection, HoldsProjection
+from account_service.holds import HoldsProjection
+from account_service.projections import BalancesProjection, EntriesProjection
 from eventstore import Projection, RecordedEvent
 from eventstore._db import Executor
 
