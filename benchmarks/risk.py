@@ -43,7 +43,7 @@ from ledger.embedded import servers
 from risk_service.account_view import apply_account_event, ensure_table
 from risk_service.commands import assess_movements, register_commands
 from risk_service.contracts import Assess, Decision, Limits, Movement
-from risk_service.projections import DecisionsProjection, RiskStatesProjection
+from risk_service.projections import inline_projections
 
 DSN_ENV: Final = "LEDGER_BENCH_DATABASE_URL"
 NATS_ENV: Final = "LEDGER_BENCH_NATS_URL"
@@ -150,7 +150,7 @@ def over_nats(client: CommandClient, service_name: str) -> Assessment:
 
 async def benchmark(args: argparse.Namespace, dsn: str, nats_url: str) -> dict[str, float]:
     schema = f"bench_{secrets.token_hex(4)}"
-    projections = (RiskStatesProjection(), DecisionsProjection())
+    projections = inline_projections()
     store = await EventStore.open(
         dsn, schema, pool_size=args.callers + 8, inline_projections=projections
     )

@@ -17,7 +17,7 @@ from risk_service.api import default_limits, utc_now
 from risk_service.api import router as api_router
 from risk_service.commands import register_commands
 from risk_service.events import CATEGORY
-from risk_service.projections import DecisionsProjection, RiskStatesProjection
+from risk_service.projections import inline_projections
 
 VERSION = "0.1.0"
 
@@ -34,9 +34,10 @@ class RiskService:
         self._consumer: DurableConsumer | None = None
 
     def inline_projections(self) -> Sequence[Projection]:
-        """Each account's folded risk state, and every decision, both written in the
-        append's transaction, so reads after a write see it."""
-        return (RiskStatesProjection(), DecisionsProjection())
+        """Each account's folded risk state, every decision, and the exposures cancelled
+        before they were assessed, all written in the append's transaction, so reads after
+        a write see them."""
+        return inline_projections()
 
     def router(self) -> APIRouter:
         """The `/v1/risk` routes."""

@@ -21,7 +21,7 @@ must commit. `assess_movements` is the same decision for one command.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from functools import partial
 from typing import Final
@@ -37,10 +37,12 @@ from ledger.commands import (
 )
 from risk_service import domain, repository
 from risk_service.account_view import account_views
+from risk_service.cancellations import cancelled_among
 from risk_service.contracts import (
     Assess,
     Commit,
     Decision,
+    ExposureCancelled,
     Limits,
     Movement,
     MovementRefused,
@@ -86,9 +88,12 @@ def register_commands(
     async def commit(batch: Sequence[Incoming[Commit]], unit: UnitOfWork) -> Results:
         return await commit_batch(batch, unit, clock())
 
+    async def release(batch: Sequence[Incoming[Release]], unit: UnitOfWork) -> Results:
+        return await release_batch(batch, unit, clock())
+
     service.batch_command(ASSESS, Assess, Decision)(assess)
     service.batch_command(COMMIT, Commit, Decision)(commit)
-    service.batch_command(RELEASE, Release, Decision)(release_batch)
+    service.batch_command(RELEASE, Release, Decision)(release)
 
 
 async def assess_movements(
@@ -124,7 +129,7 @@ async def assess_batch(
     only about the commands whose decision rests on it.
     """
     commands = [incoming.command for incoming in batch]
-    book = await _Book.load(unit, commands)
+    book = await _Book.load(unit, commands, with_cancellations=True)
     parties = [a for command in commands for a in _parties_of(command)]
     views = await account_views(unit.connection, unit.store.schema, parties)
     await _require_current_view(commands, views, view_is_current)
@@ -154,14 +159,19 @@ async def commit_batch(
     return results
 
 
-async def release_batch(batch: Sequence[Incoming[Release]], unit: UnitOfWork) -> Results:
-    """The movements will not happen: release each one's open exposure on its payer; an
-    exposure ended already is left as it is."""
-    book = await _Book.load(unit, [incoming.command for incoming in batch])
+async def release_batch(
+    batch: Sequence[Incoming[Release]], unit: UnitOfWork, now: datetime
+) -> Results:
+    """The movements will not happen: release each one's open exposure on its payer, or
+    cancel it when none is open (its assessment may still arrive, and is then refused); an
+    exposure cancelled already is left as it is."""
+    commands = [incoming.command for incoming in batch]
+    book = await _Book.load(unit, commands, with_cancellations=True)
 
     def release(command: Release) -> Decision:
         book.decide_in_turn(command.movements, lambda state, movement: domain.release(
-            state, command.transfer_id, movement.leg_id))  # fmt: skip
+            state, command.transfer_id, movement.leg_id, now,
+            is_cancelled=book.is_cancelled(command.transfer_id, movement.leg_id)))  # fmt: skip
         return Decision(transfer_id=command.transfer_id, approved=True)
 
     results: Results = decide_each(batch, release)
@@ -181,7 +191,8 @@ def _assess(
             amount_minor=movement.amount_minor, currency=movement.currency,
             payer=views.get(movement.from_account), payee=views.get(movement.to_account),
         )  # fmt: skip
-        return domain.assess(state, request, defaults, now)
+        is_cancelled = book.is_cancelled(command.transfer_id, movement.leg_id)
+        return domain.assess(state, request, defaults, now, is_cancelled=is_cancelled)
 
     decided = book.decided_in_turn(command.movements, assess)
     refusals = [(payer, e) for payer, e in decided if isinstance(e, MovementRefused)]
@@ -224,17 +235,37 @@ class _Book:
     """The payers of a batch of commands: locked and loaded once, evolved command by
     command, and saved once."""
 
-    def __init__(self, unit: UnitOfWork, loaded: dict[str, RiskState]) -> None:
+    def __init__(
+        self, unit: UnitOfWork, loaded: dict[str, RiskState], cancelled: set[str]
+    ) -> None:
         self._unit = unit
         self._loaded = loaded
         self._states = dict(loaded)
         self._events: dict[str, list[NewEvent]] = {account_id: [] for account_id in loaded}
+        self._cancelled = cancelled
 
     @classmethod
-    async def load(cls, unit: UnitOfWork, commands: Iterable[_Movements]) -> _Book:
-        """Lock and load every paying account of the commands (in account id order)."""
+    async def load(
+        cls, unit: UnitOfWork, commands: Sequence[_Movements], *, with_cancellations: bool = False
+    ) -> _Book:
+        """Lock and load every paying account of the commands (in account id order); with
+        `with_cancellations`, also read which of their exposures were cancelled.
+
+        The cancellations are read after the payers are locked: an exposure is cancelled
+        only by an append to its payer's stream, so what is read agrees with the states."""
         payers = [m.from_account for command in commands for m in command.movements]
-        return cls(unit, await repository.load_many(unit.store, unit.connection, payers))
+        loaded = await repository.load_many(unit.store, unit.connection, payers)
+        cancelled: set[str] = set()
+        if with_cancellations:
+            ids = [domain.exposure_id(command.transfer_id, m.leg_id)
+                   for command in commands for m in command.movements]  # fmt: skip
+            cancelled = await cancelled_among(unit.connection, unit.store.schema, ids)
+        return cls(unit, loaded, cancelled)
+
+    def is_cancelled(self, transfer_id: str, leg_id: str) -> bool:
+        """Whether the leg's exposure was cancelled (by a release that found none open),
+        before this batch or by an earlier command of it."""
+        return domain.exposure_id(transfer_id, leg_id) in self._cancelled
 
     def decided_in_turn(
         self, movements: Sequence[Movement], decide: _Decide
@@ -261,6 +292,9 @@ class _Book:
         fold them into its state."""
         self._events[account_id].extend(to_new_event(event) for event in events)
         self._states[account_id] = domain.fold(self._states[account_id], list(events))
+        for event in events:
+            if isinstance(event, ExposureCancelled):
+                self._cancelled.add(domain.exposure_id(event.transfer_id, event.leg_id))
 
     async def save(self) -> None:
         """Append each payer's new events, all in one round trip, in account id order."""

@@ -36,6 +36,8 @@ class RefusalReason(StrEnum):
     UNKNOWN_ACCOUNT = "unknown_account"
     CURRENCY_MISMATCH = "currency_mismatch"
     VELOCITY = "velocity"
+    CANCELLED = "cancelled"
+    """Released before it was assessed: its saga gave up on the assessment."""
 
 
 class Limits(BaseModel):
@@ -128,11 +130,22 @@ class ExposureReleased(RiskEvent):
     amount_minor: AmountMinor
 
 
+class ExposureCancelled(RiskEvent):
+    """A release found no open exposure for this leg: its assessment had not arrived (its
+    saga gave up waiting) or it had ended already. An assessment of it that arrives later
+    is refused, so no exposure is left open that nobody would ever release."""
+
+    event_type: ClassVar[str] = "ExposureCancelled"
+    transfer_id: Identifier
+    leg_id: Identifier
+    cancelled_at: datetime
+
+
 EVENT_TYPES: dict[str, type[RiskEvent]] = {
     model.event_type: model
     for model in (
         LimitsSet, AccountBlocked, AccountUnblocked, ExposureReserved, MovementRefused,
-        ExposureCommitted, ExposureReleased,
+        ExposureCommitted, ExposureReleased, ExposureCancelled,
     )
 }
 

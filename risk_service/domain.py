@@ -16,6 +16,7 @@ from typing import Final
 from risk_service.contracts import (
     AccountBlocked,
     AccountUnblocked,
+    ExposureCancelled,
     ExposureCommitted,
     ExposureReleased,
     ExposureReserved,
@@ -109,16 +110,27 @@ class MovementRequest:
 
 
 def assess(
-    state: RiskState, movement: MovementRequest, defaults: Limits, now: datetime
+    state: RiskState,
+    movement: MovementRequest,
+    defaults: Limits,
+    now: datetime,
+    *,
+    is_cancelled: bool = False,
 ) -> list[RiskEvent]:
     """Approve (reserving exposure) or refuse one movement: either way, an event.
 
     A movement whose exposure is already open was approved before: nothing more happens.
+    One whose exposure was cancelled (`is_cancelled`: released before this assessment
+    arrived) is refused: its saga gave up on it, and nobody would release it.
     """
     limits = state.limits.over(defaults)
     if exposure_id(movement.transfer_id, movement.leg_id) in state.open_exposures:
         return []
-    refusal = _refusal(state, movement, limits, now)
+    refusal = (
+        (RefusalReason.CANCELLED, "released before it was assessed: its saga gave up on it")
+        if is_cancelled
+        else _refusal(state, movement, limits, now)
+    )
     if refusal is None:
         return [ExposureReserved(transfer_id=movement.transfer_id, leg_id=movement.leg_id,
                                 amount_minor=movement.amount_minor, currency=movement.currency,
@@ -138,13 +150,19 @@ def commit(state: RiskState, transfer_id: str, leg_id: str, now: datetime) -> li
                               amount_minor=exposure.amount_minor, committed_at=now)]
 
 
-def release(state: RiskState, transfer_id: str, leg_id: str) -> list[RiskEvent]:
-    """The movement will not happen; releasing what is not open changes nothing."""
+def release(
+    state: RiskState, transfer_id: str, leg_id: str, now: datetime, *, is_cancelled: bool = False
+) -> list[RiskEvent]:
+    """The movement will not happen: release its open exposure. With none open, cancel it,
+    so that an assessment arriving late (after its saga gave up on it) is refused instead of
+    reserving exposure for ever; cancelling twice (`is_cancelled`) changes nothing."""
     exposure = state.open_exposures.get(exposure_id(transfer_id, leg_id))
-    if exposure is None:
+    if exposure is not None:
+        return [ExposureReleased(transfer_id=transfer_id, leg_id=leg_id,
+                                 amount_minor=exposure.amount_minor)]  # fmt: skip
+    if is_cancelled:
         return []
-    return [ExposureReleased(transfer_id=transfer_id, leg_id=leg_id,
-                             amount_minor=exposure.amount_minor)]
+    return [ExposureCancelled(transfer_id=transfer_id, leg_id=leg_id, cancelled_at=now)]
 
 
 def set_limits(state: RiskState, limits: Limits) -> list[RiskEvent]:
@@ -223,7 +241,7 @@ def evolve(state: RiskState, event: RiskEvent) -> RiskState:
             return replace(state, blocked_reason=None)
         case ExposureReserved():
             return _reserved(state, event)
-        case MovementRefused():
+        case MovementRefused() | ExposureCancelled():
             return state
         case ExposureCommitted():
             return _ended(state, event.transfer_id, event.leg_id, committed_at=event.committed_at)

@@ -1,4 +1,5 @@
-"""The risk service's inline read models: each account's folded state, and every decision.
+"""The risk service's inline read models: each account's folded state, and every decision
+(the third, the cancelled exposures, is in `risk_service/cancellations.py`).
 
 Both fold a page of events (an append's unit of work, a rebuild's pages) in a constant
 number of statements (`apply_batch`), row for row as `apply` one event at a time would.
@@ -14,6 +15,7 @@ import orjson
 
 from eventstore import Projection, RecordedEvent, unnest_columns
 from eventstore._db import Connection
+from risk_service.cancellations import CancelledExposuresProjection
 from risk_service.contracts import Limits
 from risk_service.domain import Exposure, RiskState, evolve, initial_state
 from risk_service.events import CATEGORY, account_id_of, from_recorded
@@ -195,3 +197,10 @@ def state_from_row(row: Any) -> RiskState:
         ),
         version=stored["version"],
     )
+
+
+def inline_projections() -> tuple[Projection, ...]:
+    """The risk service's inline read models, in the order they are applied: each
+    account's folded state, every decision, and the exposures cancelled before they were
+    assessed (`risk_service/cancellations.py`)."""
+    return (RiskStatesProjection(), DecisionsProjection(), CancelledExposuresProjection())

@@ -222,15 +222,20 @@ def next_action(definition: SagaDefinition, state: SagaState, now: datetime) -> 
 
 
 def _forward(definition: SagaDefinition, state: SagaState, now: datetime) -> Action:
+    remaining = [step for step in definition.steps if step.name not in state.done]
     if not state.is_past_pivot and now >= state.deadline_at:
-        plan = _plan(definition, state.done, "failed")
+        # A step whose attempts went unanswered (it waits for its next try) may have been
+        # applied all the same, by a slow participant: undo it too, as when its retries run
+        # out (void and release are safe for what never happened, and refuse it if it
+        # arrives later).
+        tried = (remaining[0].name,) if state.failed_attempts else ()
+        plan = _plan(definition, (*state.done, *tried), "failed")
         return Record((SagaCompensating(reason="deadline_exceeded", outcome="failed",
                                         detail=f"the saga's deadline {state.deadline_at} passed",
                                         steps=plan),))  # fmt: skip
     if state.retry_at is not None and now < state.retry_at:
         until = state.retry_at if state.is_past_pivot else min(state.retry_at, state.deadline_at)
         return Wait(until)
-    remaining = [step for step in definition.steps if step.name not in state.done]
     if not remaining:
         return Record((SagaCompleted(),))
     return _send(remaining[0], state, is_compensation=False)

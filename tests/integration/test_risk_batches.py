@@ -42,7 +42,7 @@ from risk_service.contracts import (
     Release,
 )
 from risk_service.events import stream_of
-from risk_service.projections import DecisionsProjection, RiskStatesProjection
+from risk_service.projections import inline_projections
 from tests.integration.test_risk_commands import _FAST, nc, risk_store, token
 
 __all__ = ["nc", "risk_store", "token"]  # fixtures, shared with the risk tests
@@ -79,7 +79,7 @@ def handler(kind: str, now: datetime, view: ViewAsked | None = None) -> Handler:
             return partial(assess_batch, defaults=DEFAULTS, now=now, view_is_current=view)
         case "commit":
             return partial(commit_batch, now=now)
-    return release_batch
+    return partial(release_batch, now=now)
 
 
 optional_limit = st.one_of(st.none(), st.sampled_from([0, 40, 120, 250]))
@@ -127,8 +127,8 @@ async def stores(pool: asyncpg.Pool) -> AsyncIterator[tuple[EventStore, EventSto
     """Two risk stores: one for commands alone, one for batches."""
     made = []
     for _ in range(2):
-        store = EventStore(pool, f"test_{uuid.uuid4().hex[:12]}", inline_projections=[
-            RiskStatesProjection(), DecisionsProjection()])  # fmt: skip
+        schema = f"test_{uuid.uuid4().hex[:12]}"
+        store = EventStore(pool, schema, inline_projections=inline_projections())
         await store.migrate()
         for projection in store.inline_projections:
             await projection.ensure_table(store)

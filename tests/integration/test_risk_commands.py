@@ -42,7 +42,7 @@ from risk_service.contracts import (
 )
 from risk_service.domain import AccountView
 from risk_service.events import stream_of
-from risk_service.projections import DecisionsProjection, RiskStatesProjection
+from risk_service.projections import inline_projections
 
 DEFAULTS = Limits(
     max_transfer_minor=1_000, daily_outflow_minor=2_000, max_open_exposure_minor=1_800,
@@ -84,9 +84,7 @@ def token() -> str:
 
 @pytest.fixture
 async def risk_store(pool: asyncpg.Pool, schema: str) -> EventStore:
-    store = EventStore(
-        pool, schema, inline_projections=(RiskStatesProjection(), DecisionsProjection())
-    )
+    store = EventStore(pool, schema, inline_projections=inline_projections())
     await store.migrate()
     for projection in store.inline_projections:
         await projection.ensure_table(store)
@@ -314,8 +312,29 @@ async def test_commit_and_release_are_idempotent_and_end_an_exposure_once(
     await risk(commit_of(command))
     await risk(commit_of(command))
     await risk(release_of(command))
+    await risk(release_of(command))
 
-    assert await event_types(risk_store, "a") == ["ExposureReserved", "ExposureCommitted"]
+    # The release found nothing open: it releases nothing, only cancels (once), so that a
+    # late assessment of this leg would be refused.
+    assert await event_types(risk_store, "a") == [
+        "ExposureReserved", "ExposureCommitted", "ExposureCancelled",
+    ]  # fmt: skip
+    assert (await repository.load(risk_store, risk_store.pool, "a")).open_exposures == {}
+
+
+async def test_a_release_before_its_assessment_refuses_the_assessment_when_it_arrives(
+    risk: Callable[[object], Awaitable[Decision]], risk_store: EventStore
+) -> None:
+    await given_accounts(risk_store, ("a", "open"), ("b", "open"))
+    command = assess(move(300))
+
+    released = await risk(release_of(command))  # the saga gave up waiting for the assess
+    late = await risk(command)  # ...which was only slow
+
+    assert released.approved
+    assert (late.approved, late.reason) == (False, RefusalReason.CANCELLED)
+    assert await event_types(risk_store, "a") == ["ExposureCancelled", "MovementRefused"]
+    assert (await repository.load(risk_store, risk_store.pool, "a")).open_exposures == {}
 
 
 async def test_a_repeated_command_id_is_decided_once(

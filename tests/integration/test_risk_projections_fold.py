@@ -19,13 +19,13 @@ from hypothesis import strategies as st
 from eventstore import Projection, RecordedEvent
 from eventstore._db import Executor
 from risk_service import domain
-from risk_service.contracts import Limits, RiskEvent
+from risk_service.contracts import ExposureCancelled, Limits, RiskEvent
 from risk_service.domain import AccountView, MovementRequest, RiskState
 from risk_service.events import stream_of
-from risk_service.projections import DecisionsProjection, RiskStatesProjection
+from risk_service.projections import RiskStatesProjection, inline_projections
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
-PROJECTIONS: tuple[Projection, ...] = (RiskStatesProjection(), DecisionsProjection())
+PROJECTIONS: tuple[Projection, ...] = inline_projections()
 DEFAULTS = Limits(max_transfer_minor=400, daily_outflow_minor=1_000, max_open_exposure_minor=600,
                   max_movements_per_minute=3)  # fmt: skip
 NOISE = [("account-a1", "AccountOpened"), ("saga-s1", "SagaStarted"), ("trade-t1", "HoldPlaced")]
@@ -45,8 +45,9 @@ class Step:
     later_s: int
 
 
-def decide(state: RiskState, step: Step, now: datetime) -> list[RiskEvent]:
-    """The events the domain decides for `step`."""
+def decide(state: RiskState, step: Step, now: datetime, cancelled: set[str]) -> list[RiskEvent]:
+    """The events the domain decides for `step` (`cancelled`: the exposure ids cancelled so
+    far, by any account: an exposure id is one transfer leg's, whose payer is one account)."""
     # Commits and releases mostly end an open exposure; now and then one that is not open.
     opened = sorted(state.open_exposures)
     ending = opened[step.slot % len(opened)] if opened else f"t{step.slot}:l"
@@ -58,9 +59,11 @@ def decide(state: RiskState, step: Step, now: datetime) -> list[RiskEvent]:
             max_transfer_minor=step.amount_minor, max_movements_per_minute=step.slot + 1)),
         "block": lambda: domain.block(state, "review"),
         "unblock": lambda: domain.unblock(state, "cleared"),
-        "assess": lambda: domain.assess(state, request, DEFAULTS, now),
+        "assess": lambda: domain.assess(state, request, DEFAULTS, now,
+                                        is_cancelled=f"t{step.slot}:l" in cancelled),
         "commit": lambda: domain.commit(state, transfer_id, leg_id, now),
-        "release": lambda: domain.release(state, transfer_id, leg_id),
+        "release": lambda: domain.release(state, transfer_id, leg_id, now,
+                                          is_cancelled=ending in cancelled),
     }  # fmt: skip
     return decisions[step.action]()
 
@@ -70,10 +73,13 @@ def histories(steps: Sequence[Step], accounts: int) -> list[tuple[str, RiskEvent
     states = [domain.initial_state(f"acc{i}") for i in range(accounts)]
     now = EPOCH
     recorded: list[tuple[str, RiskEvent]] = []
+    cancelled: set[str] = set()
     for step in steps:
         now += timedelta(seconds=step.later_s)
         index = step.account % accounts
-        events = decide(states[index], step, now)
+        events = decide(states[index], step, now, cancelled)
+        cancelled.update(domain.exposure_id(e.transfer_id, e.leg_id)
+                         for e in events if isinstance(e, ExposureCancelled))  # fmt: skip
         states[index] = domain.fold(states[index], events)
         recorded.extend((stream_of(states[index].account_id), event) for event in events)
     return recorded

@@ -23,10 +23,11 @@ import orjson
 import pytest
 
 from eventstore import EventStore, UnitOfWork
-from ledger.commands import CommandRefused, CommandService
+from ledger.commands import CommandClient, CommandRefused, CommandService
 from ledger.host import Service, ServiceHost, running
 from ledger.http import create_app
 from ledger.settings import Settings
+from risk_service.contracts import Assess, Decision, Movement
 from saga import Orchestrator, Participants, SagaService
 from saga.state import Action
 from tests.integration.authorized import authorized_client
@@ -138,9 +139,12 @@ async def client(host: ServiceHost) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @contextlib.asynccontextmanager
-async def orchestrators(host: ServiceHost, count: int = 1) -> AsyncIterator[list[Orchestrator]]:
+async def orchestrators(
+    host: ServiceHost, count: int = 1, settings: Settings | None = None
+) -> AsyncIterator[list[Orchestrator]]:
     runtime = host.runtimes["saga"]
-    made = [Orchestrator(runtime.store, runtime.nc, runtime.settings, participants=PARTICIPANTS)
+    settings = settings or runtime.settings
+    made = [Orchestrator(runtime.store, runtime.nc, settings, participants=PARTICIPANTS)
             for _ in range(count)]  # fmt: skip
     tasks = [asyncio.create_task(o.run()) for o in made]
     try:
@@ -216,9 +220,29 @@ def transfer(payer: str, payee: str, amount_minor: int) -> TransferRequested:
     return TransferRequested(transfer_id=transfer_id, legs=(leg,), requested_at=datetime.now(UTC))
 
 
-async def start(host: ServiceHost, request: TransferRequested) -> bool:
+async def start(
+    host: ServiceHost, request: TransferRequested, settings: Settings | None = None
+) -> bool:
     runtime = host.runtimes["saga"]
-    return await Orchestrator(runtime.store, runtime.nc, runtime.settings).start(request)
+    return await Orchestrator(runtime.store, runtime.nc, settings or runtime.settings).start(
+        request
+    )
+
+
+@contextlib.asynccontextmanager
+async def stream_locked(pool: asyncpg.Pool, schema: str, stream_id: str) -> AsyncIterator[None]:
+    """Hold the event store's lock of one stream, as a slow writer of it would: a participant
+    batch that needs the stream waits until the block ends."""
+    async with pool.acquire() as connection, connection.transaction():
+        await connection.execute(
+            "select pg_advisory_xact_lock(hashtext($1), hashtext($2))", schema, stream_id
+        )
+        yield
+
+
+async def _status_in(client: httpx.AsyncClient, saga_id: str, statuses: set[str]) -> bool:
+    response = await client.get(f"/v1/sagas/{saga_id}")
+    return response.status_code == 200 and response.json()["status"] in statuses
 
 
 async def test_a_funded_transfer_completes_and_moves_the_money(
@@ -413,3 +437,86 @@ async def test_a_turn_that_fails_unexpectedly_is_retried_after_the_first_backoff
 
     assert saga["status"] == "completed", saga
     assert (await account(client, payee))["balance"] == "1.00"
+
+
+async def test_a_deadline_between_attempts_voids_the_reserve_that_went_unanswered(
+    host: ServiceHost, client: httpx.AsyncClient, trade: Trade, pool: asyncpg.Pool,
+    settings: Settings,
+) -> None:
+    # The reserve waits behind a slow writer of the payer's account, times out, and its next
+    # attempt is due after the saga's deadline: the deadline compensates. The reserve was
+    # only slow, and places its holds once the writer is done: the void must undo them.
+    patient = settings.model_copy(update={
+        "saga_deadline_s": 2.5, "saga_backoff_first_s": 5.0, "saga_backoff_max_s": 5.0,
+    })  # fmt: skip
+    payer, payee = await funded_account(client, "10.00"), await funded_account(client, None)
+    await known_to_risk(client, payer, payee)
+    request = transfer(payer, payee, 250)
+
+    async with orchestrators(host, settings=patient):
+        async with stream_locked(pool, settings.schema_for("account"), f"account-{payer}"):
+            assert await start(host, request, patient)
+            # Compensating: the void waits for the payer's lock (a saga that skipped it
+            # would be final already).
+            await until(functools.partial(_status_in, client, request.transfer_id,
+                                          {"compensating", *FINAL}))  # fmt: skip
+        saga = await settled(client, request.transfer_id)
+
+    assert (saga["status"], saga["reason"]) == ("failed", "deadline_exceeded"), saga
+    compensations = [s["step"] for s in saga["steps"] if s["is_compensation"]]
+    assert list(dict.fromkeys(compensations)) == ["void", "release", "fail"]  # tries, in order
+    payer_now, payee_now = await account(client, payer), await account(client, payee)
+    assert (payer_now["balance"], payer_now["pending_debits"]) == ("10.00", "0.00")
+    assert (payee_now["balance"], payee_now["pending_credits"]) == ("0.00", "0.00")
+    risk = (await client.get(f"/v1/risk/accounts/{payer}")).json()
+    assert risk["open_exposure"] == "0.00"
+
+
+async def test_an_assessment_arriving_after_its_release_is_refused_and_reserves_nothing(
+    host: ServiceHost, client: httpx.AsyncClient, trade: Trade, pool: asyncpg.Pool,
+    settings: Settings,
+) -> None:
+    # The risk service's assess endpoint decides one batch at a time: a batch stuck behind
+    # a slow writer of another account holds up the saga's assessment until the saga gives
+    # up on it and releases it. When the assessment is decided at last, it must be refused:
+    # nobody would ever release what it reserved.
+    other, sink = await funded_account(client, "10.00"), await funded_account(client, None)
+    payer, payee = await funded_account(client, "10.00"), await funded_account(client, None)
+    await known_to_risk(client, other, sink, payer, payee)
+    blocker = Assess(command_id=uuid.uuid4(), transfer_id=f"blocker-{uuid.uuid4().hex[:8]}",
+                     movements=(Movement(leg_id="l", from_account=other, to_account=sink,
+                                         amount_minor=1, currency="USD"),))  # fmt: skip
+    request = transfer(payer, payee, 250)
+    assert host.nc is not None
+    sender = CommandClient(host.nc, 30.0, 0)
+
+    async with orchestrators(host):
+        async with stream_locked(pool, settings.schema_for("risk"), f"risk-{other}"):
+            stuck = asyncio.create_task(
+                sender.send(f"{PARTICIPANTS.risk}.assess", blocker, Decision)
+            )
+            await asyncio.sleep(0.3)  # the assess endpoint's batch now waits for the lock
+            assert await start(host, request)
+            saga = await settled(client, request.transfer_id)
+        await stuck
+    late = await risk_decisions(client, payer)
+
+    assert (saga["status"], saga["reason"]) == ("failed", "retries_exhausted"), saga
+    assert [(d["outcome"], d["reason"]) for d in late] == [("refused", "cancelled")]
+    risk = (await client.get(f"/v1/risk/accounts/{payer}")).json()
+    assert risk["open_exposure"] == "0.00"
+
+
+async def risk_decisions(client: httpx.AsyncClient, account_id: str) -> list[dict[str, Any]]:
+    """The account's risk decisions, once there is one (the late assessment is decided
+    after its saga ended)."""
+    url = "/v1/risk/decisions"
+
+    async def decided() -> bool:
+        return bool((await client.get(url, params={"account": account_id})).json()["items"])
+
+    await until(decided)
+    items: list[dict[str, Any]] = (await client.get(url, params={"account": account_id})).json()[
+        "items"
+    ]
+    return items

@@ -10,6 +10,7 @@ import pytest
 from risk_service.contracts import (
     AccountBlocked,
     AccountUnblocked,
+    ExposureCancelled,
     ExposureCommitted,
     ExposureReleased,
     ExposureReserved,
@@ -268,7 +269,7 @@ def test_releasing_an_exposure_frees_the_limit() -> None:
     state = approved(given(), 1_000, 1_000)
     _, refused = decide(state, movement(1, transfer_id="t-9"))
 
-    state = fold(state, release(state, "t-0", "leg-1"))
+    state = fold(state, release(state, "t-0", "leg-1", NOW))
     _, events = decide(state, movement(1, transfer_id="t-9"))
 
     assert refusal(refused) is RefusalReason.DAILY_OUTFLOW_EXCEEDED
@@ -280,7 +281,7 @@ def test_a_commit_counts_toward_the_daily_outflow_and_a_release_does_not() -> No
     state = approved(given(), 300, 400)
 
     state = fold(state, commit(state, "t-0", "leg-1", NOW))
-    state = fold(state, release(state, "t-1", "leg-1"))
+    state = fold(state, release(state, "t-1", "leg-1", NOW))
 
     assert state.outflow_minor(NOW) == 300
     assert state.open_exposure_minor == 0
@@ -291,10 +292,28 @@ def test_an_exposure_ends_once() -> None:
     committed = fold(state, commit(state, "t-0", "leg-1", NOW))
 
     assert isinstance(commit(state, "t-0", "leg-1", NOW)[0], ExposureCommitted)
-    assert isinstance(release(state, "t-0", "leg-1")[0], ExposureReleased)
+    assert isinstance(release(state, "t-0", "leg-1", NOW)[0], ExposureReleased)
     assert commit(committed, "t-0", "leg-1", NOW) == []
-    assert release(committed, "t-0", "leg-1") == []
     assert commit(given(), "t-0", "leg-1", NOW) == []
+    # A release that finds nothing open only cancels: no count changes.
+    (cancelled,) = release(committed, "t-0", "leg-1", NOW)
+    assert isinstance(cancelled, ExposureCancelled)
+    after = fold(committed, [cancelled])
+    assert (after.open_exposures, after.outflow_by_minute) == (
+        committed.open_exposures, committed.outflow_by_minute,
+    )
+
+
+def test_a_release_before_its_assessment_cancels_it_and_the_late_assessment_is_refused() -> None:
+    state = given()
+
+    (cancelled,) = release(state, "t-0", "leg-1", NOW)
+    late = assess(fold(state, [cancelled]), movement(100, transfer_id="t-0"), DEFAULTS, NOW,
+                  is_cancelled=True)  # fmt: skip
+
+    assert isinstance(cancelled, ExposureCancelled)
+    assert refusal(late) is RefusalReason.CANCELLED
+    assert release(state, "t-0", "leg-1", NOW, is_cancelled=True) == []
 
 
 def test_the_daily_outflow_rolls_after_24_hours() -> None:

@@ -20,7 +20,13 @@ from hypothesis.stateful import (
     rule,
 )
 
-from risk_service.contracts import ExposureReserved, Limits, MovementRefused
+from risk_service.contracts import (
+    ExposureCancelled,
+    ExposureReleased,
+    ExposureReserved,
+    Limits,
+    MovementRefused,
+)
 from risk_service.domain import (
     AccountView,
     MovementRequest,
@@ -100,8 +106,9 @@ class RiskAccount(RuleBasedStateMachine):
 
     @rule(transfer_id=consumes(exposures))
     def release_it(self, transfer_id: str) -> None:
-        events = release(self.state, transfer_id, "leg")
-        assert (self.open.pop(transfer_id, None) is None) == (events == [])
+        events = release(self.state, transfer_id, "leg", self.now)
+        was_open = self.open.pop(transfer_id, None) is not None
+        assert [type(e) for e in events] == [ExposureReleased if was_open else ExposureCancelled]
         self.state = fold(self.state, events)
 
     @rule(seconds=_STEPS_S)

@@ -234,7 +234,9 @@ def test_an_operator_retry_resumes_the_parked_step_under_a_new_command_id() -> N
 
 
 def test_the_deadline_before_the_pivot_compensates_and_fails() -> None:
-    state = drive(state_of(), {"reserve": Unanswered("timeout")})
+    cid = command_id("tr-1", "assess", 0)
+    state = state_of(StepStarted(step="assess", command_id=cid, attempt=1, is_compensation=False),
+                     StepSucceeded(step="assess", reply={}))  # fmt: skip
 
     action = next_action(SETTLE_LEGS, state, START.deadline_at)
 
@@ -243,6 +245,20 @@ def test_the_deadline_before_the_pivot_compensates_and_fails() -> None:
     assert isinstance(event, SagaCompensating)
     assert (event.reason, event.outcome, event.steps) == ("deadline_exceeded", "failed",
                                                           ("release", "fail"))  # fmt: skip
+
+
+def test_the_deadline_between_attempts_undoes_the_unanswered_step_too() -> None:
+    # The reserve timed out and waits for its next try: a slow account service may still
+    # place its holds, so the deadline voids them (or cancels them before they arrive).
+    state = drive(state_of(), {"reserve": Unanswered("timeout")})
+    assert state.failed_attempts == 1
+
+    action = next_action(SETTLE_LEGS, state, START.deadline_at)
+
+    assert isinstance(action, Record)
+    (event,) = action.events
+    assert isinstance(event, SagaCompensating)
+    assert (event.reason, event.steps) == ("deadline_exceeded", ("void", "release", "fail"))
 
 
 def test_a_wait_before_the_pivot_ends_no_later_than_the_deadline() -> None:
