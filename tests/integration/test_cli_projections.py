@@ -20,8 +20,8 @@ from tests.integration.cli_support import Cli, cli_for, one_error_line
 
 ACCOUNTS = 3
 EVENTS_PER_ACCOUNT = 4
-PROJECTIONS = {"balances", "entries", "holds", "risk_states", "risk_decisions", "settlements",
-               "saga_runs"}  # fmt: skip
+PROJECTIONS = {"balances", "entries", "holds", "risk_states", "risk_decisions",
+               "risk_cancelled_exposures", "settlements", "saga_runs"}  # fmt: skip
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
-"""Property: the risk read models (`risk_states`, `risk_decisions`) folded a page at a time
-(`apply_batch`: an append's unit of work, a rebuild's pages) are row for row what applying
-each event alone gives, whatever the accounts' histories, their interleaving and the page
-breaks. Histories are decided by the domain's own rules, so every one is a valid one."""
+"""Property: the risk read models (`risk_states`, `risk_decisions`,
+`risk_cancelled_exposures`) folded a page at a time (`apply_batch`: an append's unit of
+work, a rebuild's pages) are row for row what applying each event alone gives, whatever the
+accounts' histories, their interleaving and the page breaks. Histories are decided by the
+domain's own rules, so every one is a valid one."""
 
 from __future__ import annotations
 
