@@ -52,11 +52,10 @@ from ledger.idempotency import (
     IdempotencyKey,
     IdempotentRequest,
     OptionalIdempotencyKey,
-    fingerprint,
     in_unit_of_work,
     once,
 )
-from ledger.money import AmountError, Assets
+from ledger.money import ASSET_CODE_PATTERN, AmountError, Assets
 from ledger.problems import Problem, problem_responses
 from ledger.validation import Instant
 
@@ -130,7 +129,7 @@ async def list_accounts(
     runtime: AccountRuntime,
     principal: CurrentPrincipal,
     owner: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
-    currency: Annotated[str | None, Query(max_length=12)] = None,
+    currency: Annotated[str | None, Query(pattern=ASSET_CODE_PATTERN)] = None,
     status: Status | None = None,
     limit: Limit = DEFAULT_PAGE_ITEMS,
     cursor: Cursor = None,
@@ -281,7 +280,7 @@ async def _answer(
     if key is None:
         answer = await in_unit_of_work(runtime.store, effect, attempts=attempts)
         return answer.response()
-    idempotent = IdempotentRequest(scope, key, fingerprint(request.method, path, body))
+    idempotent = IdempotentRequest.of(request, scope, key, body)
     answer = await once(runtime.store, idempotent, effect, attempts=attempts, instance=path)
     return answer.response()
 
@@ -300,6 +299,6 @@ async def _change(
 
 def _overdraft_minor(assets: Assets, text: str | None, currency: str) -> int:
     """The overdraft limit in minor units: none, zero, or a valid positive amount."""
-    if text is None or (text.strip("0").removeprefix(".").strip("0") == "" and text[:1] == "0"):
+    if text is None or assets.is_zero(text):
         return 0
     return assets.parse(text, currency)

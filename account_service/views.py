@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from datetime import datetime
 from typing import Annotated, Any, Final
 
@@ -21,6 +22,7 @@ from ledger.validation import is_position
 
 ID_PATTERN: Final = r"^[A-Za-z0-9_.:-]{1,100}$"
 """Account ids and owners, as the account's events accept them."""
+_ID: Final = re.compile(ID_PATTERN)
 MAX_CURSOR_CHARS: Final = 200
 
 AccountId = Annotated[str, Field(pattern=ID_PATTERN)]
@@ -189,11 +191,16 @@ def decode_cursor(cursor: str | None, kind: str, key_type: type[str] | type[int]
         cursor_kind, after = orjson.loads(base64.urlsafe_b64decode(padded.encode()))
     except (ValueError, TypeError, binascii.Error):
         cursor_kind, after = None, None
-    if cursor_kind != kind or type(after) is not key_type or (
-        key_type is int and not is_position(after)
-    ):
+    if cursor_kind != kind or type(after) is not key_type or not _is_key(after):
         raise Problem(422, "the cursor is not one this list gave out", code="invalid_cursor")
     return after
+
+
+def _is_key(after: object) -> bool:
+    """Whether a cursor's key could be one a list gave out: a position, or an account id."""
+    if isinstance(after, str):
+        return _ID.fullmatch(after) is not None  # no NUL, nothing PostgreSQL's text refuses
+    return isinstance(after, int) and is_position(after)
 
 
 _STATUS_BY_CODE: Final = {"unknown_account": 404, "currency_mismatch": 422, "invalid_amount": 422}

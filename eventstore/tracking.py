@@ -118,13 +118,15 @@ class StoredResponse:
 
 
 async def stored_response(
-    executor: Executor, schema: str, scope: str, key: str
+    executor: Executor, schema: str, scopes: Sequence[str], key: str
 ) -> StoredResponse | None:
-    """The answer recorded for `key` in `scope` (e.g. an endpoint and account), or None."""
+    """The answer recorded for `key` in the first of `scopes` (e.g. an endpoint and account)
+    that has one, or None."""
     row = await executor.fetchrow(
         f"select fingerprint, status_code, response from {schema}.idempotency_keys"
-        " where scope = $1 and key = $2",
-        scope,
+        " where scope = any($1::text[]) and key = $2"
+        " order by array_position($1::text[], scope) limit 1",
+        list(scopes),
         key,
     )
     if row is None:

@@ -1,12 +1,14 @@
 """HTTP idempotency keys: a request sent twice takes effect once and gets the same answer.
 
-    key = IdempotentRequest(scope, idempotency_key, fingerprint("POST", path, body))
-    answer = await once(store, key, effect, attempts=5, instance=path)
+    idempotent = IdempotentRequest.of(request, scope, idempotency_key, body)
+    answer = await once(store, idempotent, effect, attempts=5, instance=path)
 
 `effect(unit)` runs in a unit of work and returns the `Answer`; the answer is stored under
 the key in that same transaction (STYLE 14), so an effect never commits without its answer
 and a key never answers without its effect. A later request with the key and the same
-fingerprint gets the stored answer (`is_replay`); with another fingerprint, a 422.
+fingerprint gets the stored answer (`is_replay`); with another fingerprint, a 422. Keys are
+each principal's own (the token's subject): one customer's key never answers, nor refuses,
+another's request.
 
 Which answers are kept: successes, and refusals the ledger decided on the state it saw
 (`409`, e.g. insufficient funds), because a retry must not turn a refusal into a success
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Final, TypeVar
 
 import orjson
-from fastapi import Depends, Header
+from fastapi import Depends, Header, Request
 from fastapi.responses import JSONResponse
 
 from eventstore import (
@@ -38,6 +40,7 @@ from eventstore import (
     stored_response,
 )
 from eventstore._db import Executor
+from ledger.auth import principal_of
 from ledger.problems import PROBLEM_MEDIA_TYPE, Problem, problem_body
 
 IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
@@ -74,11 +77,40 @@ class Answer:
 
 @dataclass(frozen=True, slots=True)
 class IdempotentRequest:
-    """A request under an idempotency key: where the key counts, the key, the fingerprint."""
+    """A request under an idempotency key: where the key counts (`scope`, for `principal`
+    alone), the key, the fingerprint.
+
+    `legacy_scope` is where an answer stored before keys were each principal's own is
+    found (the scope then, without the principal): a client retrying across the upgrade
+    gets its answer, not a second movement.
+    """
 
     scope: str
     key: str
     fingerprint: str
+    principal: str
+    legacy_scope: str
+
+    @classmethod
+    def of(
+        cls, request: Request, scope: str, key: str, body: Mapping[str, Any], *,
+        legacy_scope: str | None = None,
+    ) -> IdempotentRequest:
+        """The HTTP `request` under `key`, made by the principal the access middleware
+        verified; `legacy_scope` defaults to `scope`."""
+        return cls(scope, key, fingerprint(request.method, request.url.path, body),
+                   principal_of(request).subject, legacy_scope or scope)  # fmt: skip
+
+    @property
+    def owned_scope(self) -> str:
+        """Where the answer is stored: the scope and the principal (subjects hold no space,
+        so no two pairs give one string)."""
+        return f"{self.scope} {self.principal}"
+
+    @property
+    def scopes(self) -> tuple[str, str]:
+        """Where a stored answer is looked for, the principal's own first."""
+        return (self.owned_scope, self.legacy_scope)
 
 
 Effect = Callable[[UnitOfWork], Awaitable[Answer]]
@@ -153,7 +185,7 @@ async def once(
     """
 
     async def first_or_replay(unit: UnitOfWork) -> Answer:
-        stored = await stored_response(unit.connection, store.schema, request.scope, request.key)
+        stored = await stored_response(unit.connection, store.schema, request.scopes, request.key)
         if stored is not None:
             return _replay(stored, request)
         answer = await effect(unit)
@@ -175,7 +207,7 @@ async def once(
         ))
         if await _keep(store.pool, store, request, answer):
             return answer
-    stored = await stored_response(store.pool, store.schema, request.scope, request.key)
+    stored = await stored_response(store.pool, store.schema, request.scopes, request.key)
     assert stored is not None, "an answer was stored first, and stored answers stay"
     return _replay(stored, request)
 
@@ -205,7 +237,7 @@ async def _keep(
     executor: Executor, store: EventStore, request: IdempotentRequest, answer: Answer
 ) -> bool:
     stored = StoredResponse(request.fingerprint, answer.status_code, answer.body)
-    return await store_response(executor, store.schema, request.scope, request.key, stored)
+    return await store_response(executor, store.schema, request.owned_scope, request.key, stored)
 
 
 def _replay(stored: StoredResponse, request: IdempotentRequest) -> Answer:

@@ -16,7 +16,9 @@ DEFAULT_SCALES: Final[Mapping[str, int]] = MappingProxyType(
     {"USD": 2, "EUR": 2, "GBP": 2, "CHF": 2, "JPY": 0, "BTC": 8, "ETH": 8}
 )
 DEFAULT_MAX_AMOUNT_MINOR: Final = 10**15
-_ASSET_CODE: Final = re.compile(r"^[A-Z][A-Z0-9]{1,11}$")
+ASSET_CODE_PATTERN: Final = r"^[A-Z][A-Z0-9]{1,11}$"
+"""A currency or instrument code: `USD`, `BTC`, `ACME`."""
+_ASSET_CODE: Final = re.compile(ASSET_CODE_PATTERN)
 _DECIMAL: Final = re.compile(r"(0|[1-9][0-9]{0,30})(?:\.([0-9]{1,30}))?")
 
 
@@ -48,6 +50,11 @@ class Assets:
             raise AmountError(
                 f"unknown currency or instrument {asset!r} (known: {known})"
             ) from None
+
+    def is_zero(self, text: str) -> bool:
+        """Whether `text` is a well-formed decimal zero: `0`, `0.00` (not `0.`, `00`)."""
+        match = _DECIMAL.fullmatch(text)
+        return match is not None and match[1] == "0" and not (match[2] or "").strip("0")
 
     def parse(self, text: str, asset: str) -> int:
         """`"12.34"` USD -> 1234. Refuses malformed, zero, negative, too precise or too large."""

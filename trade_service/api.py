@@ -23,7 +23,7 @@ from eventstore import NO_STREAM, UnitOfWork
 from ledger.auth import CurrentPrincipal
 from ledger.dependencies import runtime_of
 from ledger.host import Runtime
-from ledger.idempotency import Answer, IdempotencyKey, IdempotentRequest, fingerprint, once
+from ledger.idempotency import Answer, IdempotencyKey, IdempotentRequest, once
 from ledger.money import AmountError, Assets
 from ledger.problems import Problem, problem_responses
 from trade_service import access, domain, queries
@@ -85,6 +85,8 @@ router = APIRouter(prefix="/v1", tags=["transfers and trades"], route_class=_Tra
                    responses=problem_responses(422, 503))
 _UNKNOWN: Final = problem_responses(404)
 _REFUSABLE: Final = problem_responses(409)
+SETTLEMENTS_SCOPE: Final = "settlements"
+"""Where an Idempotency-Key of `POST /v1/transfers` and `POST /v1/trades` counts."""
 
 
 @router.post("/transfers", status_code=202, response_model=Transfer, responses=_REFUSABLE)
@@ -195,7 +197,10 @@ async def _request(
         return Answer(202, view.model_dump(mode="json"))
 
     path = request.url.path
-    idempotent = IdempotentRequest(f"{kind.value}s", key, fingerprint(request.method, path, body))
+    # One scope for transfers and trades: a key sent to both is one request, and refused
+    # for the second; before, each had its own (`legacy_scope`).
+    idempotent = IdempotentRequest.of(request, SETTLEMENTS_SCOPE, key, body,
+                                      legacy_scope=f"{kind.value}s")
     answer = await once(runtime.store, idempotent, effect,
                         attempts=runtime.settings.write_conflict_attempts, instance=path)
     return answer.response()

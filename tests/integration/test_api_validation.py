@@ -420,3 +420,46 @@ async def test_every_parameter_and_body_field_is_bounded(client: httpx.AsyncClie
             for media in operation.get("requestBody", {}).get("content", {}).values():
                 found += unbounded(media["schema"], components, f"{method} {path} body")
     assert found == []
+
+
+@pytest.mark.parametrize("currency", ["\x00", "US\x00D", "usd", "U"])
+async def test_a_malformed_currency_filter_is_a_422_never_a_500(
+    client: httpx.AsyncClient, currency: str
+) -> None:
+    response = await client.get("/v1/accounts", params={"currency": currency})
+
+    assert invalid_fields(response) == [["query", "currency"]]
+
+
+@pytest.mark.parametrize("key", ["a\x00", "", "not an id", "a" * 101])
+async def test_an_accounts_cursor_with_a_key_no_list_gives_out_is_a_422(
+    client: httpx.AsyncClient, key: str
+) -> None:
+    cursor = base64.urlsafe_b64encode(json.dumps(["accounts", key]).encode()).decode()
+
+    response = await client.get("/v1/accounts", params={"cursor": cursor.rstrip("=")})
+
+    assert_problem(response, 422, "invalid_cursor")
+
+
+@pytest.mark.parametrize("limit", ["0.", "00", "000.000", "-0"])
+async def test_a_malformed_zero_overdraft_limit_is_a_422(
+    client: httpx.AsyncClient, limit: str
+) -> None:
+    response = await client.post(
+        "/v1/accounts", json={"owner": "o-1", "currency": "USD", "overdraft_limit": limit}
+    )
+
+    assert_problem(response, 422)
+
+
+@pytest.mark.parametrize("limit", ["0", "0.00", None])
+async def test_a_zero_overdraft_limit_opens_an_account_without_one(
+    client: httpx.AsyncClient, limit: str | None
+) -> None:
+    response = await client.post(
+        "/v1/accounts", json={"owner": "o-1", "currency": "USD", "overdraft_limit": limit}
+    )
+
+    assert response.status_code == 201, response.text
+    assert response.json()["overdraft_limit"] == "0.00"
