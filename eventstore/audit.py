@@ -6,6 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
+from asyncpg import Record
+
 from eventstore import reads
 from eventstore._translate import translated_errors
 from eventstore.events import RecordedEvent
@@ -66,41 +68,61 @@ async def verify_chains(
                 *arguments,
                 prefetch=_PREFETCH_ROWS,
             )
-            current: list[RecordedEvent] = []
+            stream = _Stream("")
             async for row in cursor:
-                event = reads.decode(row)
-                if current and current[0].stream_id != event.stream_id:
-                    _check_stream(report, current, heads.pop(current[0].stream_id, None))
-                    _report_progress(on_events, current)
-                    current = []
-                current.append(event)
-            if current:
-                _check_stream(report, current, heads.pop(current[0].stream_id, None))
-                _report_progress(on_events, current)
+                if row["stream_id"] != stream.stream_id:
+                    _finish(report, stream, heads, on_events)
+                    stream = _Stream(row["stream_id"])
+                stream.add(row)
+            _finish(report, stream, heads, on_events)
     for empty_stream in sorted(heads):
         report.breaks.append(ChainBreak(empty_stream, 1, "stream has a head but no events"))
     report.breaks.sort(key=lambda item: item.stream_id)
     return report
 
 
-def _report_progress(
-    on_events: Callable[[int], None] | None, events: list[RecordedEvent]
-) -> None:
-    if on_events is not None:
-        on_events(len(events))
+@dataclass(slots=True)
+class _Stream:
+    """One stream's rows as the cursor yields them: decoded up to the first that does not
+    decode (stored data changed behind the store's back, e.g. a number no JSON reader
+    takes), which is then the stream's break unless an earlier link breaks first."""
+
+    stream_id: str
+    events: list[RecordedEvent] = field(default_factory=list)
+    rows: int = 0
+    undecodable: ChainBreak | None = None
+
+    def add(self, row: Record) -> None:
+        self.rows += 1
+        if self.undecodable is not None:
+            return
+        try:
+            self.events.append(reads.decode(row))
+        except ValueError as error:  # orjson's JSONDecodeError among them
+            self.undecodable = ChainBreak(
+                self.stream_id, row["stream_version"], f"stored event does not decode: {error}"
+            )
 
 
-def _check_stream(
-    report: ChainReport, events: list[RecordedEvent], head: tuple[int, bytes] | None
+def _finish(
+    report: ChainReport,
+    stream: _Stream,
+    heads: dict[str, tuple[int, bytes]],
+    on_events: Callable[[int], None] | None,
 ) -> None:
-    stream_id = events[0].stream_id
+    """Check a stream the cursor has passed (none before the first row)."""
+    if not stream.rows:
+        return
+    head = heads.pop(stream.stream_id, None)
     report.streams += 1
-    report.events += len(events)
-    found = find_break(stream_id, events)
+    report.events += stream.rows
+    found = find_break(stream.stream_id, stream.events)
     if found is None:
-        found = _check_head(stream_id, events[-1], head)
+        found = stream.undecodable or _check_head(stream.stream_id, stream.events[-1], head)
     if found is not None:
         report.breaks.append(found)
+    if on_events is not None:
+        on_events(stream.rows)
 
 
 def _check_head(

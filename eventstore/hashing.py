@@ -92,7 +92,12 @@ def find_break(stream_id: str, events: Iterable[RecordedEvent]) -> ChainBreak | 
             return ChainBreak(stream_id, expected_version, "version missing from the stream")
         if event.prev_hash != expected_prev:
             return ChainBreak(stream_id, event.stream_version, "prev_hash does not link")
-        if recompute_hash(event) != event.hash:
+        try:
+            recomputed = recompute_hash(event)
+        except InvalidEvent as error:  # changed behind the store's back: no append stores it
+            reason = f"hash cannot be recomputed: {error}"
+            return ChainBreak(stream_id, event.stream_version, reason)
+        if recomputed != event.hash:
             return ChainBreak(stream_id, event.stream_version, "hash does not match the event")
         expected_prev = event.hash
         expected_version += 1

@@ -11,7 +11,12 @@
 from ledger.auditing.export import ExportReport, PeriodNotOver, events_in_period, export_period
 from ledger.auditing.findings import Finding
 from ledger.auditing.offline import FileBreak, FileReport, verify_export
-from ledger.auditing.replay import AccountHistory, HistoryLine, replay_account
+from ledger.auditing.replay import (
+    AccountHistory,
+    HistoryLine,
+    UnreplayableStream,
+    replay_account,
+)
 from ledger.auditing.stores import AuditStores, find_stores
 from ledger.auditing.times import format_instant, parse_instant
 from ledger.auditing.transfer import StoryLine, transfer_story
@@ -33,6 +38,7 @@ __all__ = [
     "PeriodNotOver",
     "ServiceCheck",
     "StoryLine",
+    "UnreplayableStream",
     "VerifyReport",
     "events_in_period",
     "events_to_check",

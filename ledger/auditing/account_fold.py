@@ -97,6 +97,15 @@ class AccountFolder:
             return
         self._track(event, typed)
 
+    def add_undecodable(self, stream_version: int, error: str) -> None:
+        """Count the stream's next event, whose stored JSON does not decode: the stream
+        folds no further."""
+        self.events += 1
+        self.last_version = stream_version
+        if self.finding is None:
+            self.finding = Finding(SERVICE, self.stream_id, stream_version, "events",
+                                   f"the stored event does not decode: {error}")  # fmt: skip
+
     def open_holds(self) -> list[OpenHold]:
         """The holds open at the end of the stream, with the version that placed each."""
         if self.state is None or self.finding is not None:

@@ -96,11 +96,15 @@ class _AccountPass:
             prefetch=_PREFETCH_ROWS,
         )
         async for row in cursor:
-            event = decode(row)
-            if folder is None or folder.stream_id != event.stream_id:
+            if folder is None or folder.stream_id != row["stream_id"]:
                 if folder is not None:
                     await self._finished(folder)
-                folder = AccountFolder(event.stream_id)
+                folder = AccountFolder(row["stream_id"])
+            try:
+                event = decode(row)
+            except ValueError as error:  # changed behind the store's back (verify names it)
+                folder.add_undecodable(row["stream_version"], str(error))
+                continue
             folder.add(event)
         if folder is not None:
             await self._finished(folder)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
+from pydantic import ValidationError
+
 from account_service.contracts import (
     AccountEvent,
     AccountOpened,
@@ -27,6 +29,15 @@ from account_service.events import from_recorded, stream_of
 from eventstore import EventStore, RecordedEvent, StreamNotFound
 
 PAGE_EVENTS: Final = 1_000
+
+
+class UnreplayableStream(Exception):
+    """An account's stream holds an event the domain cannot decode or fold (changed behind
+    the store's back, or written by a version that knew an event this one does not)."""
+
+    def __init__(self, account_id: str, place: str, reason: str) -> None:
+        super().__init__(f"account {account_id}: {place} does not replay: {reason}")
+        self.account_id = account_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,20 +77,32 @@ async def replay_account(
 ) -> AccountHistory:
     """Replay the account's stream up to `as_of` (aware) or to its end.
 
-    Raises AccountNotFound when the account has no events.
+    Raises AccountNotFound when the account has no events, UnreplayableStream when one of
+    them does not decode or fold (`ledger audit verify` says more).
     """
     lines: list[HistoryLine] = []
     state: AccountState | None = None
     currency: str | None = None
     async for event in _events(store, account_id):
-        typed = from_recorded(event)
+        try:
+            typed = from_recorded(event)
+        except (KeyError, ValidationError) as error:
+            place = f"event {event.stream_version}"
+            raise UnreplayableStream(account_id, place, repr(error)) from error
         if isinstance(typed, AccountOpened):
             currency = typed.currency
+        elif currency is None:
+            place = f"event {event.stream_version}"
+            raise UnreplayableStream(account_id, place, "the account was not opened first")
         if as_of is not None and event.recorded_at > as_of:
             break
-        state = evolve(state, typed)
+        try:
+            state = evolve(state, typed)
+        except AssertionError as error:  # the fold's own rules: a hold ends once, ...
+            place = f"event {event.stream_version}"
+            raise UnreplayableStream(account_id, place, str(error)) from error
         lines.append(_line(event, typed, state))
-    assert currency is not None, "an account stream starts with AccountOpened"
+    assert currency is not None, "a stream has an event, the loop checked the first"
     return AccountHistory(account_id, currency, lines, state, as_of)
 
 
@@ -91,6 +114,9 @@ async def _events(store: EventStore, account_id: str) -> AsyncIterator[RecordedE
                                            limit=PAGE_EVENTS)  # fmt: skip
         except StreamNotFound:
             raise AccountNotFound(account_id) from None
+        except ValueError as error:  # stored JSON no reader takes: changed behind our back
+            place = f"an event from version {next_version} on"  # read a page at a time
+            raise UnreplayableStream(account_id, place, f"its JSON: {error}") from error
         for event in page:
             yield event
         if len(page) < PAGE_EVENTS:

@@ -14,7 +14,12 @@ def parse_instant(text: str) -> datetime:
         raise ValueError(
             f"{text!r} is not an ISO 8601 time (for example 2024-05-01T12:00:00Z)"
         ) from None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    instant = parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    try:  # every instant is shown and compared in UTC: one an offset takes past year 1..9999
+        instant.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{text!r} is out of range in UTC (years 1 to 9999)") from None
+    return instant
 
 
 def format_instant(instant: datetime) -> str:

@@ -32,6 +32,7 @@ from account_service.domain import AccountNotFound
 from ledger.auditing import (
     AuditStores,
     PeriodNotOver,
+    UnreplayableStream,
     events_in_period,
     events_to_check,
     export_period,
@@ -199,8 +200,13 @@ def _replay_account(account_id: str, as_of: datetime | None, json_output: bool,
         history = _run(["account"], work, data_dir)
     except AccountNotFound:
         fail(f"no account {account_id}", FAILED)
+    except UnreplayableStream as error:
+        fail(f"{error}; `ledger audit verify --service account` checks the whole store", FAILED)
     assets = settings_or_exit().assets()
     if json_output:
+        if history.currency not in assets.scales:  # the JSON's amounts are decimal strings
+            fail(f"the scale of {history.currency} is not in this shell's settings: set"
+                 " LEDGER_INSTRUMENT_SCALES as the services have it", BAD_ARGUMENTS)  # fmt: skip
         _print_json(views.history_json(history, assets))
         return
     out.print(views.history_table(history, assets))

@@ -136,14 +136,19 @@ def history_table(history: AccountHistory, assets: Assets) -> Table:
 
 
 def balance_line(history: AccountHistory, assets: Assets) -> str:
-    """The balance at the instant, in the balance endpoint's terms."""
-    balance = balance_of(history.account_id, history.currency, history.state, history.as_of,
-                         assets)  # fmt: skip
+    """The balance at the instant, in the balance endpoint's terms (in minor units when this
+    shell's settings do not know the asset's scale, as the table shows it then)."""
+    state, currency = history.state, history.currency
+    posted = state.posted_minor if state else 0
+    debits = state.pending_debits_minor if state else 0
+    credits = state.pending_credits_minor if state else 0
     instant = format_instant(history.as_of) if history.as_of else "now"
     return (
-        f"[bold]balance at {instant}[/]: {balance.balance} {escape(history.currency)}"
-        f" (available {balance.available}, pending debits {balance.pending_debits},"
-        f" pending credits {balance.pending_credits}; version {balance.version})"
+        f"[bold]balance at {instant}[/]: {money(assets, posted, currency)} {escape(currency)}"
+        f" (available {money(assets, posted - debits, currency)},"
+        f" pending debits {money(assets, debits, currency)},"
+        f" pending credits {money(assets, credits, currency)};"
+        f" version {state.version if state else 0})"
     )
 
 

@@ -228,6 +228,36 @@ async def test_verify_names_the_stream_and_version_of_an_event_changed_behind_th
     assert after.exit_code == 0, after.output
 
 
+@pytest.mark.parametrize(
+    ("stored", "reason", "replay_exit"),
+    [("5000.0", "hash cannot be recomputed", 0),  # the fold takes 5000.0 as 5000
+     ("1" + "0" * 400, "does not decode", 1)],  # no JSON reader here takes it
+)  # fmt: skip
+async def test_verify_names_a_number_no_append_stores_and_replay_says_it_in_one_line(
+    settings: Settings, story: Story, pool: asyncpg.Pool, stored: str, reason: str,
+    replay_exit: int,
+) -> None:
+    schema, stream_id = settings.schema_for("account"), f"account-{story.payee}"
+    table = f"{schema}.events"
+    original = await pool.fetchval(
+        f"select data::text from {table} where stream_id = $1 and stream_version = 2", stream_id
+    )
+    forged = f'{{"entry_id": "forged", "amount_minor": {stored}, "reference": null}}'
+    await behind_the_trigger(pool, table, stream_id, 2, forged)
+    try:
+        found = document(await ledger(settings, "audit", "verify", "--json"), exit_code=1)
+        replayed = await ledger(settings, "audit", "replay", "--account", story.payee)
+    finally:
+        await behind_the_trigger(pool, table, stream_id, 2, original)
+
+    first = found["breaks"][0]
+    assert (first["stream_id"], first["stream_version"], first["check"]) == (stream_id, 2, "chain")
+    assert reason in first["reason"]
+    assert replayed.exit_code == replay_exit, replayed.output
+    if replay_exit:
+        assert "from version 1 on does not replay" in error_line(replayed)
+
+
 async def test_verify_finds_a_hold_left_open_after_its_saga_ended(
     settings: Settings, story: Story, host: ServiceHost, client: httpx.AsyncClient
 ) -> None:
@@ -406,6 +436,8 @@ async def test_an_export_takes_only_the_period_and_only_the_service_asked_for(
         ["audit", "replay"],
         ["audit", "replay", "--account", "a", "--transfer", "t"],
         ["audit", "replay", "--account", "a", "--as-of", "yesterday"],
+        ["audit", "replay", "--account", "a", "--as-of", "0001-01-01T00:00:00+01:00"],
+        ["audit", "replay", "--account", "a", "--as-of", "9999-12-31T23:59:59-01:00"],
         ["audit", "replay", "--transfer", "t", "--as-of", "2024-05-01"],
         ["audit", "verify", "--service", "ledger"],
         ["audit", "verify", "--file", "x.jsonl", "--service", "account"],

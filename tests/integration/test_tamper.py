@@ -108,3 +108,34 @@ async def test_verify_finds_a_recomputed_but_unlinked_hash(
     assert report.first_break is not None
     assert report.first_break.stream_version == 4
     assert report.streams == 1
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("5000.0", "hash cannot be recomputed"),  # a float: no append stores one
+        ("18446744073709551616", "hash cannot be recomputed"),  # read back as a float
+        ("1" + "0" * 400, "does not decode"),  # no JSON reader here takes it
+    ],
+)
+async def test_verify_names_a_number_no_append_stores_and_checks_the_other_streams(
+    store: EventStore, pool: asyncpg.Pool, value: str, reason: str
+) -> None:
+    await given_three_streams(store)
+    await behind_the_triggers_back(
+        pool,
+        f"update {store.schema}.events set data = '{{\"amount_minor\": {value}}}'"
+        " where stream_id = 'account-2' and stream_version = 3",
+    )
+    await behind_the_triggers_back(
+        pool,
+        f"delete from {store.schema}.events where stream_id = 'account-3' and stream_version = 5",
+    )
+
+    report = await verify_chains(store)
+
+    assert [(b.stream_id, b.stream_version) for b in report.breaks] == [
+        ("account-2", 3), ("account-3", 5),
+    ]  # fmt: skip
+    assert reason in report.breaks[0].reason
+    assert (report.streams, report.events) == (3, 14)
