@@ -103,7 +103,7 @@ class Notifier:
                         "%s: LISTEN connection did not answer a probe, dropping it: %r",
                         self.channel, error,
                     )  # fmt: skip
-                    connection.terminate()  # calls _on_connection_lost at once
+                    connection.terminate()  # _on_connection_lost follows, a turn later
                 return
 
     def _on_connection_lost(self, _connection: object) -> None:
@@ -120,7 +120,7 @@ class Notifier:
     def _stop_probing(self) -> None:
         probing, self._probing = self._probing, None
         if probing is not None and probing is not asyncio.current_task():
-            probing.cancel()  # the probe that found the loss returns by itself
+            probing.cancel()  # a probe that found the loss has returned by itself
 
     def _relisten(self) -> None:
         if self._relistening is None or self._relistening.done():

@@ -118,16 +118,20 @@ class StoredResponse:
 
 
 async def stored_response(
-    executor: Executor, schema: str, scopes: Sequence[str], key: str
+    executor: Executor, schema: str, scopes: Sequence[str], key: str, principal: str | None = None
 ) -> StoredResponse | None:
     """The answer recorded for `key` in the first of `scopes` (e.g. an endpoint and account)
-    that has one, or None."""
+    that has one, or None; a row stored for a principal counts for that `principal` alone
+    (rows stored without one, for anyone)."""
+    assert not isinstance(scopes, str), "scopes: a sequence of scope names"
     row = await executor.fetchrow(
         f"select fingerprint, status_code, response from {schema}.idempotency_keys"
         " where scope = any($1::text[]) and key = $2"
+        " and (principal is null or principal = $3)"
         " order by array_position($1::text[], scope) limit 1",
         list(scopes),
         key,
+        principal,
     )
     if row is None:
         return None
@@ -135,16 +139,30 @@ async def stored_response(
 
 
 async def store_response(
-    executor: Executor, schema: str, scope: str, key: str, answer: StoredResponse
+    executor: Executor,
+    schema: str,
+    scope: str,
+    key: str,
+    answer: StoredResponse,
+    *,
+    principal: str | None = None,
+    mirror_scope: str | None = None,
 ) -> bool:
-    """Record the answer to `key`; False when one was recorded first (keep that one)."""
-    inserted = await executor.fetchval(
-        f"insert into {schema}.idempotency_keys (scope, key, fingerprint, status_code, response)"
-        " values ($1, $2, $3, $4, $5::jsonb) on conflict do nothing returning true",
-        scope,
+    """Record the answer to `key` in `scope`, for `principal` (None: for anyone); False when
+    one was recorded there first (keep that one). With `mirror_scope`, the same answer is
+    also recorded there unless a row holds it already (a reader that knows only that scope
+    finds it: the previous version, during a rolling upgrade)."""
+    scopes = [scope] if mirror_scope is None else [scope, mirror_scope]
+    inserted = await executor.fetch(
+        f"insert into {schema}.idempotency_keys"
+        " (scope, key, fingerprint, status_code, response, principal)"
+        " select s, $2, $3, $4, $5::jsonb, $6 from unnest($1::text[]) as s"
+        " on conflict do nothing returning scope",
+        scopes,
         key,
         answer.fingerprint,
         answer.status_code,
         canonical_json(answer.response).decode(),
+        principal,
     )
-    return bool(inserted)
+    return any(row[0] == scope for row in inserted)

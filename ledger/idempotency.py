@@ -185,7 +185,7 @@ async def once(
     """
 
     async def first_or_replay(unit: UnitOfWork) -> Answer:
-        stored = await stored_response(unit.connection, store.schema, request.scopes, request.key)
+        stored = await _stored(unit.connection, store, request)
         if stored is not None:
             return _replay(stored, request)
         answer = await effect(unit)
@@ -207,7 +207,7 @@ async def once(
         ))
         if await _keep(store.pool, store, request, answer):
             return answer
-    stored = await stored_response(store.pool, store.schema, request.scopes, request.key)
+    stored = await _stored(store.pool, store, request)
     assert stored is not None, "an answer was stored first, and stored answers stay"
     return _replay(stored, request)
 
@@ -237,7 +237,15 @@ async def _keep(
     executor: Executor, store: EventStore, request: IdempotentRequest, answer: Answer
 ) -> bool:
     stored = StoredResponse(request.fingerprint, answer.status_code, answer.body)
-    return await store_response(executor, store.schema, request.owned_scope, request.key, stored)
+    return await store_response(executor, store.schema, request.owned_scope, request.key, stored,
+                                principal=request.principal, mirror_scope=request.legacy_scope)
+
+
+async def _stored(
+    executor: Executor, store: EventStore, request: IdempotentRequest
+) -> StoredResponse | None:
+    return await stored_response(executor, store.schema, request.scopes, request.key,
+                                 request.principal)  # fmt: skip
 
 
 def _replay(stored: StoredResponse, request: IdempotentRequest) -> Answer:

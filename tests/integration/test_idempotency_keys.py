@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Final
 
 import httpx
+import orjson
 import pytest
 from fastapi import FastAPI
 
@@ -126,3 +127,24 @@ async def test_an_answer_stored_before_keys_were_each_principals_is_still_replay
     assert retried.headers["Idempotent-Replayed"] == "true"
     assert changed.status_code == 422
     assert (await admin.get("/v1/transfers", params={"account": payer})).json()["items"] == []
+
+
+async def test_an_answer_is_mirrored_where_the_previous_version_looks_for_it(
+    host: ServiceHost, admin: httpx.AsyncClient
+) -> None:
+    # A rolling upgrade runs both versions side by side: a retry that reaches a replica of
+    # the previous version, which looks under the endpoint's scope alone, must replay.
+    payer, payee = await opened(admin, "e"), await opened(admin, "e")
+    key = str(uuid.uuid4())
+
+    first = await admin.post("/v1/transfers", json=a_transfer(payer, payee),
+                             headers={"Idempotency-Key": key})  # fmt: skip
+
+    store = host.runtimes["trade"].store
+    as_the_previous_version_reads_it = await store.pool.fetchrow(
+        f"select status_code, response from {store.schema}.idempotency_keys"
+        " where scope = 'transfers' and key = $1", key,
+    )  # fmt: skip
+    assert as_the_previous_version_reads_it is not None
+    assert as_the_previous_version_reads_it["status_code"] == 202
+    assert orjson.loads(as_the_previous_version_reads_it["response"])["id"] == first.json()["id"]

@@ -134,10 +134,12 @@ async def test_a_connection_gone_silent_is_dropped_and_replaced(
     monkeypatch.setattr(notifier_module, "PROBE_EVERY_S", 0.2)
     monkeypatch.setattr(notifier_module, "PROBE_TIMEOUT_S", 0.5)
     target = urlsplit(database_url)
-    assert target.hostname is not None
-    assert target.port is not None
+    if target.hostname is None or target.port is None:
+        pytest.skip("the proxy forwards TCP: the test's PostgreSQL has no host and port")
     async with FreezableProxy(target.hostname, target.port) as proxy:
-        through_proxy = target._replace(netloc=f"{target.username}@127.0.0.1:{proxy.port}")
+        userinfo = target.netloc.rpartition("@")[0]  # the user and password, if any
+        address = f"127.0.0.1:{proxy.port}"
+        through_proxy = target._replace(netloc=f"{userinfo}@{address}" if userinfo else address)
         pool = await asyncpg.create_pool(urlunsplit(through_proxy), min_size=1, max_size=4)
         try:
             notifier = await Notifier(EventStore(pool, store.schema)).open()
