@@ -114,17 +114,27 @@ async def export_period(
 
 async def _check_period_over(connection: Connection, until: datetime) -> datetime:
     """The database's time now; PeriodNotOver if events recorded before `until` may still
-    commit (`recorded_at` is the start time of the appending transaction)."""
+    commit (`recorded_at` is the start time of the appending transaction), or if this role
+    cannot see when other roles' transactions began (it then cannot tell)."""
     row = await connection.fetchrow(
-        "select now() as now, count(*) filter (where a.xact_start < $1) as running"
+        "select now() as now, count(*) filter (where a.xact_start < $1) as running,"
+        " count(*) filter (where a.query = '<insufficient privilege>') as unseen"
         " from (select 1) as one left join pg_stat_activity as a"
         "   on a.datname = current_database() and a.pid <> pg_backend_pid()"
-        "   and a.backend_type = 'client backend'",
+        # Another role's session is all nulls to a role without pg_read_all_stats, its
+        # backend type too: counted as unseen, not as a client backend.
+        "   and (a.backend_type = 'client backend' or a.query = '<insufficient privilege>')",
         until,
     )  # fmt: skip
     assert row is not None, "one row"
     if until > row["now"]:
         raise PeriodNotOver("--until is in the future: a period is exported once it is over")
+    if row["unseen"]:
+        raise PeriodNotOver(
+            f"this database role cannot see {row['unseen']} other session(s) (their"
+            " transactions' start is hidden from it), so it cannot tell whether the period is"
+            " over: grant it pg_read_all_stats, or export as the services' role"
+        )
     if row["running"]:
         raise PeriodNotOver(
             f"{row['running']} transaction(s) that began before --until are still running and"

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -425,6 +426,48 @@ async def test_an_export_takes_only_the_period_and_only_the_service_asked_for(
                                                        "Deposited", "Deposited"]  # fmt: skip
     assert records[0]["services"] == {"account": settings.schema_for("account")}
     assert records[-1] == {"record": "end", "events": 4, "streams": 2}
+
+
+@contextlib.asynccontextmanager
+async def auditor_role(
+    pool: asyncpg.Pool, settings: Settings, *, sees_all_sessions: bool
+) -> AsyncIterator[Settings]:
+    """Settings that connect as a role of its own that may read the account schema, and
+    see when other roles' transactions began only if `sees_all_sessions`."""
+    role, schema = f"auditor_{uuid.uuid4().hex[:10]}", settings.schema_for("account")
+    await pool.execute(f"create role {role} login")
+    try:
+        await pool.execute(f"grant usage on schema {schema} to {role}")
+        await pool.execute(f"grant select on all tables in schema {schema} to {role}")
+        if sees_all_sessions:
+            await pool.execute(f"grant pg_read_all_stats to {role}")
+        parts = urlsplit(str(settings.database_url))
+        as_role = urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}"))
+        yield settings.model_copy(update={"database_url": as_role})
+    finally:
+        await pool.execute(f"drop owned by {role}")
+        await pool.execute(f"drop role {role}")
+
+
+@pytest.mark.parametrize("sees_all_sessions", [False, True])
+async def test_an_export_refuses_when_its_role_cannot_tell_whether_the_period_is_over(
+    settings: Settings, story: Story, pool: asyncpg.Pool, tmp_path: Path, sees_all_sessions: bool
+) -> None:
+    # The services' sessions are there all the time: a role that cannot see when their
+    # transactions began cannot tell whether one of the period is still running.
+    out = tmp_path / "period.jsonl"
+    async with auditor_role(pool, settings, sees_all_sessions=sees_all_sessions) as auditor:
+        exported = await ledger(auditor, "audit", "export", "--service", "account",
+                                "--since", story.before_all.isoformat(),
+                                "--until", story.after_deposits.isoformat(), "--out", str(out))
+
+    if sees_all_sessions:
+        assert exported.exit_code == 0, exported.output
+        assert out.exists()
+    else:
+        assert exported.exit_code == 1, exported.output
+        assert "pg_read_all_stats" in error_line(exported)
+        assert not out.exists()
 
 
 # --- bad arguments -------------------------------------------------------------------------
