@@ -1,5 +1,9 @@
 """One account's stream folded event by event with the account domain's own `evolve`,
-watching what the fold alone cannot see: that a hold id starts once and ends once.
+watching what the fold alone cannot see: that a hold id starts once and ends once, and the
+money rules the domain's decisions keep (DESIGN 3): available never below the overdraft
+limit, no new debit or credit on a frozen account, nothing after a close, and a close only
+at a zero balance with no open hold. `evolve` applies what it is given; an event written
+behind the domain's back could break any of them and still fold.
 
 Pure: no I/O. The database pass (`accounts.py`) feeds it events and compares what it folds
 to with the read models.
@@ -12,6 +16,7 @@ from dataclasses import dataclass, field
 from pydantic import ValidationError
 
 from account_service.contracts import (
+    AccountClosed,
     AccountEvent,
     Deposited,
     HoldCancelled,
@@ -21,7 +26,7 @@ from account_service.contracts import (
     HoldVoided,
     Withdrawn,
 )
-from account_service.domain import AccountState, evolve
+from account_service.domain import AccountState, Status, evolve
 from account_service.events import account_id_of, from_recorded
 from eventstore import RecordedEvent
 from ledger.auditing.findings import Finding
@@ -90,10 +95,18 @@ class AccountFolder:
         if problem is not None:
             self._refuse(event, "holds", problem)
             return
+        problem = _rule_before(self.state, typed)
+        if problem is not None:
+            self._refuse(event, "rules", problem)
+            return
         try:
             self.state = evolve(self.state, typed)
         except AssertionError as error:
             self._refuse(event, "fold", f"the account's fold refuses it: {error}")
+            return
+        if self.state.available_minor < -self.state.overdraft_limit_minor:
+            self._refuse(event, "rules", f"available {self.state.available_minor} is below the"
+                         f" overdraft limit of {self.state.overdraft_limit_minor}")  # fmt: skip
             return
         self._track(event, typed)
 
@@ -160,6 +173,20 @@ class AccountFolder:
         elif isinstance(typed, HoldPosted):
             sign = 1 if typed.side is HoldSide.CREDIT else -1
             self.transfers_net_minor += sign * typed.amount_minor
+
+
+def _rule_before(state: AccountState | None, event: AccountEvent) -> str | None:
+    """Why `event` may not follow `state` by the money rules, if it may not."""
+    if state is None:
+        return None
+    if state.status is Status.CLOSED:
+        return f"{type(event).__name__} after the account was closed"
+    if state.status is Status.FROZEN and isinstance(event, Deposited | Withdrawn | HoldPlaced):
+        return f"{type(event).__name__} on a frozen account"
+    if isinstance(event, AccountClosed) and (state.posted_minor or state.open_holds):
+        return (f"closed with a balance of {state.posted_minor} and"
+                f" {len(state.open_holds)} open hold(s)")  # fmt: skip
+    return None
 
 
 def _first_line(error: Exception) -> str:

@@ -1,7 +1,8 @@
 """The account service's invariants, checked on one snapshot of its schema: every account's
 events fold (with the domain's own `evolve`) to its balances row, its holds start once and
-end once, its entries sum to its balance, and, per currency, transfers neither make nor
-destroy money and every pending debit has its pending credit.
+end once, its events keep the money rules (`account_fold.py`), its entries sum to its
+balance, and, per currency, transfers neither make nor destroy money and every pending
+debit has its pending credit.
 
 Events are read in stream order through a cursor; accounts are compared with their rows in
 batches, so memory holds one batch of accounts, not the store.

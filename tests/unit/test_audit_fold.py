@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 from itertools import count
 from typing import Any
 
+import pytest
+
 from account_service.domain import Status
 from eventstore import RecordedEvent
 from ledger.auditing.account_fold import AccountFolder, OpenHold
@@ -107,6 +109,40 @@ def test_what_the_domain_fold_refuses_is_a_break() -> None:
     assert folder.finding is not None
     assert folder.finding.check == "fold"
     assert "before AccountOpened" in folder.finding.reason
+
+
+@pytest.mark.parametrize(
+    ("events", "version", "reason"),
+    [
+        ([recorded(2, "Withdrawn", entry_id="e1", amount_minor=4_900)], 2,
+         "available -4900 is below the overdraft limit of 0"),
+        ([hold(2, "HoldPlaced")], 2, "available -300 is below the overdraft limit"),
+        ([recorded(2, "AccountClosed"), recorded(3, "Deposited", entry_id="e1", amount_minor=5)],
+         3, "Deposited after the account was closed"),
+        ([recorded(2, "AccountFrozen", reason=None),
+          recorded(3, "Deposited", entry_id="e1", amount_minor=5)],
+         3, "Deposited on a frozen account"),
+        ([recorded(2, "Deposited", entry_id="e1", amount_minor=5), recorded(3, "AccountClosed")],
+         3, "closed with a balance of 5"),
+    ],
+)  # fmt: skip
+def test_an_event_that_breaks_a_money_rule_is_a_break_though_it_folds(
+    events: list[RecordedEvent], version: int, reason: str
+) -> None:
+    folder = folded(opened(), *events)
+
+    assert folder.finding is not None
+    assert (folder.finding.stream_version, folder.finding.check) == (version, "rules")
+    assert reason in folder.finding.reason
+
+
+def test_a_frozen_account_still_posts_and_voids_the_holds_it_had() -> None:
+    folder = folded(opened(), recorded(2, "Deposited", entry_id="e1", amount_minor=1_000),
+                    hold(3, "HoldPlaced"), hold(4, "HoldPlaced", hold_id="t2:l1:debit"),
+                    recorded(5, "AccountFrozen", reason="review"), hold(6, "HoldPosted"),
+                    hold(7, "HoldVoided", hold_id="t2:l1:debit"))  # fmt: skip
+
+    assert folder.is_sound, folder.finding
 
 
 def test_a_balances_row_equal_to_the_fold_has_no_difference() -> None:
