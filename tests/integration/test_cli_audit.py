@@ -264,7 +264,7 @@ async def test_verify_finds_a_hold_left_open_after_its_saga_ended(
 ) -> None:
     """A writer's bug, not a tampering: the stray hold is a well-chained event."""
     store = host.runtimes["account"].store
-    stream_id = f"account-{await funded_account(client, None)}"
+    stream_id = f"account-{await funded_account(client, '5.00')}"  # covers the stray hold
     hold_id = f"{story.transfer_id}:stray:debit"
     placed = HoldPlaced(hold_id=hold_id, side=HoldSide.DEBIT, amount_minor=100,
                         transfer_id=story.transfer_id, kind=EntryKind.TRANSFER)  # fmt: skip
