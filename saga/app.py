@@ -13,9 +13,10 @@ from eventstore import Projection
 from ledger.consumers import ConsumerOptions, DurableConsumer
 from ledger.host import Runtime
 from saga.api import router as api_router
+from saga.clock import DatabaseClock
 from saga.contracts import CATEGORY
 from saga.definition import Participants
-from saga.orchestrator import Orchestrator, utc_now
+from saga.orchestrator import Orchestrator
 from saga.runs import SagaRunsProjection
 
 STARTING_SUBJECT = "ledger.trade.>"
@@ -34,10 +35,11 @@ class SagaService:
         participants: Participants | None = None,
         *,
         starting_subject: str = STARTING_SUBJECT,
-        clock: Callable[[], datetime] = utc_now,
+        clock: Callable[[], datetime] | None = None,
         is_advancing: bool = True,
     ) -> None:
-        """`is_advancing=False` runs no worker here (the starter and the API only)."""
+        """`is_advancing=False` runs no worker here (the starter and the API only); `clock`
+        (tests) replaces the database's clock (`saga/clock.py`) for leases and deadlines."""
         self._participants = participants or Participants()
         self._starting_subject = starting_subject
         self._clock = clock
@@ -56,9 +58,15 @@ class SagaService:
     async def start(self, runtime: Runtime) -> None:
         """Start sagas from the trade service's events, and advance due sagas."""
         assert self.orchestrator is None, "the saga service is started already"
+        clock = self._clock
+        if clock is None:
+            database_clock = DatabaseClock(runtime.store.pool)
+            await database_clock.synchronize()
+            runtime.spawn(database_clock.run, "clock")
+            clock = database_clock
         orchestrator = Orchestrator(
             runtime.store, runtime.nc, runtime.settings, participants=self._participants,
-            clock=self._clock, notifier=runtime.notifier,
+            clock=clock, notifier=runtime.notifier,
         )  # fmt: skip
         # One durable per saga schema: replicas share it; ledgers with their own schema
         # prefix on one NATS server each start their own sagas.

@@ -16,7 +16,7 @@ import logging
 import random
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Final
 
 from nats.aio.client import Client
@@ -27,6 +27,7 @@ from ledger import context
 from ledger.commands import CommandClient, CommandFailed, CommandRefused
 from ledger.settings import Settings
 from saga import log, runs
+from saga.clock import utc_now
 from saga.contracts import SagaEvent
 from saga.definition import SETTLE_LEGS, Participants, SagaDefinition
 from saga.recorder import LeaseLost, SagaRecorder
@@ -56,11 +57,6 @@ _MAX_ACTIONS_PER_CLAIM: Final = 64
 """Bounds one worker's turn on one saga (a saga that never waits cannot starve others)."""
 _CLAIMS_IN_FLIGHT: Final = 4
 """Sagas one orchestrator advances at once, in claims (`saga_worker_batch` sagas each)."""
-
-
-def utc_now() -> datetime:
-    """The orchestrator's clock."""
-    return datetime.now(UTC)
 
 
 class Orchestrator:

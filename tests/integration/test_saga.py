@@ -13,7 +13,7 @@ import functools
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 import asyncpg
@@ -29,6 +29,7 @@ from ledger.http import create_app
 from ledger.settings import Settings
 from risk_service.contracts import Assess, Decision, Movement
 from saga import Orchestrator, Participants, SagaService
+from saga.clock import DatabaseClock
 from saga.state import Action
 from tests.integration.authorized import authorized_client
 from tests.integration.renamed_services import RenamedAccount, RenamedRisk
@@ -520,3 +521,44 @@ async def risk_decisions(client: httpx.AsyncClient, account_id: str) -> list[dic
         "items"
     ]
     return items
+
+
+async def _skewed_clock(host: ServiceHost, ahead_s: float) -> DatabaseClock:
+    """The database's clock as read on a host whose own clock runs `ahead_s` ahead."""
+    clock = DatabaseClock(host.runtimes["saga"].store.pool,
+                          local=lambda: datetime.now(UTC) + timedelta(seconds=ahead_s))  # fmt: skip
+    await clock.synchronize()
+    return clock
+
+
+async def test_an_orchestrator_on_a_host_whose_clock_runs_ahead_keeps_to_the_databases(
+    host: ServiceHost, client: httpx.AsyncClient, trade: Trade, pool: asyncpg.Pool,
+    settings: Settings,
+) -> None:
+    # On its own clock, a host 20 s ahead took the lease of a saga whose step a live
+    # orchestrator was waiting on, and one past the deadline failed new sagas at once.
+    payer, payee = await funded_account(client, "5.00"), await funded_account(client, None)
+    await known_to_risk(client, payer, payee)
+    request = transfer(payer, payee, 100)
+    trade.hang.add(request.transfer_id)
+    runtime = host.runtimes["saga"]
+    ahead = await _skewed_clock(host, settings.saga_deadline_s + 60)
+    assert abs(ahead() - await pool.fetchval("select clock_timestamp()")) < timedelta(seconds=1)
+    assert await Orchestrator(runtime.store, runtime.nc, settings, clock=ahead).start(request)
+
+    async with orchestrators(host) as (live,):
+        await until(functools.partial(_is_told, trade, request.transfer_id))  # `complete` hangs
+        late = Orchestrator(runtime.store, runtime.nc, settings, participants=PARTICIPANTS,
+                            clock=ahead)  # fmt: skip
+        await late.run_once()  # a saga of its own it may advance; not the live one's
+        lease_owner = await pool.fetchval(
+            f"select lease_owner from {settings.schema_for('saga')}.saga_runs"
+            " where saga_id = $1", request.transfer_id,
+        )  # fmt: skip
+        trade.hang.discard(request.transfer_id)
+        trade.released.set()
+        saga = await settled(client, request.transfer_id)
+
+    assert lease_owner == live.owner
+    assert saga["status"] == "completed", saga
+    assert trade.told(request.transfer_id) == ["complete"]
