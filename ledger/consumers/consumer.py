@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from dataclasses import replace
 from typing import Final
 
@@ -32,6 +33,9 @@ _log = logging.getLogger(__name__)
 
 _MAX_RETRY_PAUSE_S: Final = 5.0
 _FIRST_RETRY_PAUSE_S: Final = 0.1
+MAX_FAILURES_REMEMBERED: Final = 10_000
+"""Messages whose handler failures a consumer counts at once (a bound, STYLE 6): beyond
+it the oldest count is forgotten, which only buys that message more retries."""
 
 
 class HandlerTimedOut(Exception):
@@ -79,6 +83,9 @@ class DurableConsumer:
         # Kept while messages keep coming, given back when a fetch finds none or on error.
         self._lease = ConnectionLease(store.pool)
         self._is_stopping = False
+        self._failures: OrderedDict[str, int] = OrderedDict()
+        """Handler failures by message id: what parks a message. Not the server's delivery
+        count, which also counts the deliveries an outage or a restart gave back."""
 
     async def ensure(self) -> None:
         """Create the durable consumer, or update it to these options; (re)subscribe to it."""
@@ -289,6 +296,7 @@ class DurableConsumer:
             await self._fail(msg, event, error)
             return True
         await quietly(msg.ack())
+        self._failures.pop(event.message_id, None)
         outcome = "applied" if is_new else "duplicate"
         metrics.consumer_handled_messages.labels(self.durable_name, outcome).inc()
         return True
@@ -328,13 +336,18 @@ class DurableConsumer:
             raise _HandlerFailed(error) from error
 
     async def _fail(self, msg: Msg, event: ConsumedEvent, error: Exception) -> None:
-        if event.delivery_count >= self.options.max_deliver:
+        failures = self._failures.pop(event.message_id, 0) + 1
+        if failures >= self.options.max_deliver:
             await self._park(msg, error)
             return
-        delay_s = self.options.retry_delay_s(event.delivery_count)
+        self._failures[event.message_id] = failures  # the newest last
+        if len(self._failures) > MAX_FAILURES_REMEMBERED:
+            self._failures.popitem(last=False)
+        delay_s = self.options.retry_delay_s(failures)
         _log.warning(
-            "consumer %s: %s %s failed (delivery %d), retry in %.1fs: %r", self.durable_name,
-            event.event_type, event.event_id, event.delivery_count, delay_s, error,
+            "consumer %s: %s %s failed (failure %d, delivery %d), retry in %.1fs: %r",
+            self.durable_name, event.event_type, event.event_id, failures,
+            event.delivery_count, delay_s, error,
         )  # fmt: skip
         metrics.consumer_handled_messages.labels(self.durable_name, "failed").inc()
         await quietly(msg.nak(delay_s))

@@ -251,6 +251,39 @@ async def test_an_unavailable_store_delays_a_message_but_never_parks_it(
     assert handled(token, "dead_lettered") == 0
 
 
+async def test_an_outage_spends_none_of_the_retries_of_a_failure_after_it(
+    nc: Client, store: EventStore, applied_table: str, token: str
+) -> None:
+    # The server counted every delivery, the ones an outage gave back too: after an outage
+    # of max_deliver deliveries, the first failure of the handler parked the message.
+    js = nc.jetstream()
+    event_id = await publish_event(js, token)
+    calls: list[str] = []
+    record = recording(applied_table)
+
+    async def outage_then_one_failure(connection: Connection, event: ConsumedEvent) -> None:
+        if len(calls) < _FAST.max_deliver:
+            calls.append("outage")
+            raise StoreUnavailable("PostgreSQL is restarting")
+        if len(calls) == _FAST.max_deliver:
+            calls.append("failed")
+            raise RuntimeError("a lock timeout, say")
+        calls.append("applied")
+        await record(connection, event)
+
+    consumer = DurableConsumer(nc, store, token, f"ledger.{token}.>", outage_then_one_failure,
+                               _FAST)  # fmt: skip
+
+    async def settled() -> bool:
+        return handled(token, "applied") == 1 or handled(token, "dead_lettered") == 1
+
+    await run_until(consumer, settled)
+
+    assert calls == ["outage"] * _FAST.max_deliver + ["failed", "applied"]
+    assert handled(token, "dead_lettered") == 0
+    assert await applied_counts(store, applied_table) == Counter([event_id])
+
+
 class UnreachableAtFirst:
     """A pool whose first acquisitions time out, like connecting to a PostgreSQL that is
     restarting; later ones are the real pool's."""
