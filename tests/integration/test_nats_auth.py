@@ -29,6 +29,7 @@ import pytest
 from nats.aio.client import Client
 from pydantic import SecretStr
 
+from ledger.auth import ask_owners
 from ledger.bus import NatsRefused, NatsSecurity, connect
 from ledger.embedded._common import HOST, START_TIMEOUT_S, free_port
 from ledger.embedded.nats_server import _nats_info, _nats_server_binary
@@ -326,6 +327,22 @@ async def test_the_services_settle_a_transfer_under_their_deployed_permissions(
     assert balance == "12.34"
     violations = [r.getMessage() for r in caplog.records if "violation" in r.getMessage().lower()]
     assert violations == []
+
+
+async def test_the_trade_service_may_ask_who_owns_an_account(
+    ledger: dict[str, ServiceHost],
+) -> None:
+    # Owner-bound tokens: the trade service checks that a transfer leaves its token's
+    # owner's account by asking the account service. Without the grant every such request
+    # was a 503 under the deployed permissions.
+    async with http(ledger["account"]) as accounts:
+        account_id = await opened(accounts, "ada")
+    trade = ledger["trade"]
+    assert trade.nc is not None
+
+    owners = await ask_owners(trade.nc, trade.settings, [account_id])
+
+    assert owners == {account_id: "ada"}
 
 
 async def opened(accounts: httpx.AsyncClient, owner: str) -> str:
