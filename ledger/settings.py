@@ -235,6 +235,31 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = True
 
+    @model_validator(mode="after")
+    def _timings_are_consistent(self) -> Self:
+        """Refuse at start the combinations that fail later, mid-run or with a traceback:
+        each bound checked here is one a component relies on (found in review)."""
+        problems = [message for is_wrong, message in (
+            (self.saga_lease_s <= self.saga_step_timeout_s,
+             "LEDGER_SAGA_LEASE_S must exceed LEDGER_SAGA_STEP_TIMEOUT_S: a lease outlives a"
+             " step, or another orchestrator takes a saga whose step is still in flight"),
+            (self.saga_deadline_s <= self.saga_step_timeout_s,
+             "LEDGER_SAGA_DEADLINE_S must exceed LEDGER_SAGA_STEP_TIMEOUT_S"),
+            (self.saga_backoff_first_s > self.saga_backoff_max_s,
+             "LEDGER_SAGA_BACKOFF_FIRST_S may not exceed LEDGER_SAGA_BACKOFF_MAX_S"),
+            (self.task_restart_first_s > self.task_restart_max_s,
+             "LEDGER_TASK_RESTART_FIRST_S may not exceed LEDGER_TASK_RESTART_MAX_S"),
+            (self.consumer_max_deliver <= len(self.consumer_backoff_s),
+             "LEDGER_CONSUMER_MAX_DELIVER must exceed the number of LEDGER_CONSUMER_BACKOFF_S"
+             " steps"),
+            (self.events_stream_max_age_s < self.relay_duplicate_window_s,
+             "LEDGER_EVENTS_STREAM_MAX_AGE_S may not be below LEDGER_RELAY_DUPLICATE_WINDOW_S"
+             " (JetStream refuses such a stream)"),
+        ) if is_wrong]  # fmt: skip
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
     def database_url_for(self, service: str) -> str | None:
         """The service's own database URL, else the shared one (None: run an embedded one)."""
         own: str | None = getattr(self, f"{service}_database_url", None)

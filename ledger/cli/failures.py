@@ -50,7 +50,10 @@ def settings_or_exit() -> Settings:
     except ValidationError as error:
         problem = error.errors()[0]
         where = ".".join(str(part) for part in problem["loc"])
-        fail(f"bad setting LEDGER_{where.upper()}: {problem['msg']}", BAD_ARGUMENTS)
+        message = str(problem["msg"]).removeprefix("Value error, ")
+        if not where:  # a check of several settings together names them itself
+            fail(f"bad settings: {message}", BAD_ARGUMENTS)
+        fail(f"bad setting LEDGER_{where.upper()}: {message}", BAD_ARGUMENTS)
 
 
 @contextmanager

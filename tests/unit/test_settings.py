@@ -16,3 +16,27 @@ def test_a_pool_too_small_for_what_it_holds_or_absurdly_large_is_refused(size: i
 
 def test_the_smallest_workable_pool_is_taken() -> None:
     assert Settings(db_pool_size=MIN_DB_POOL_SIZE).db_pool_size == MIN_DB_POOL_SIZE
+
+
+@pytest.mark.parametrize(
+    ("given", "named"),
+    [
+        ({"saga_lease_s": 1.0}, "LEDGER_SAGA_LEASE_S must exceed"),
+        ({"saga_deadline_s": 1.0}, "LEDGER_SAGA_DEADLINE_S must exceed"),
+        ({"saga_backoff_first_s": 60.0}, "LEDGER_SAGA_BACKOFF_FIRST_S may not exceed"),
+        ({"task_restart_first_s": 60.0}, "LEDGER_TASK_RESTART_FIRST_S may not exceed"),
+        ({"consumer_max_deliver": 2}, "LEDGER_CONSUMER_MAX_DELIVER must exceed"),
+        ({"events_stream_max_age_s": 60.0}, "LEDGER_EVENTS_STREAM_MAX_AGE_S may not be below"),
+    ],
+)
+def test_timings_a_component_relies_on_are_checked_when_the_settings_load(
+    given: dict[str, float], named: str
+) -> None:
+    with pytest.raises(pydantic.ValidationError, match=named):
+        Settings.model_validate(given)
+
+
+def test_the_default_timings_are_consistent() -> None:
+    settings = Settings()
+
+    assert settings.saga_lease_s > settings.saga_step_timeout_s
