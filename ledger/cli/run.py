@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import getpass
+import signal
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Final
 
 import typer
@@ -59,9 +61,34 @@ def serve(
     _serve([services[service]], port, None, allow_embedded=False)
 
 
+class _Terminated(Exception):
+    """SIGTERM (`kill`, systemd, `docker stop`): stop as Ctrl-C does."""
+
+
+def _on_sigterm(_signal: int, _frame: FrameType | None) -> None:
+    raise _Terminated
+
+
 def _serve(
     services: list[Service], port: int | None, data_dir: Path | None, *, allow_embedded: bool,
     prints_admin_token: bool = False,
+) -> None:
+    # uvicorn answers SIGTERM with a graceful shutdown, then raises the signal again with
+    # the handler it found: with the default one the process died there, before the
+    # embedded servers were stopped (they ran on as orphans). This one unwinds instead.
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        _serve_until_stopped(services, port, data_dir, allow_embedded=allow_embedded,
+                             prints_admin_token=prints_admin_token)  # fmt: skip
+    except _Terminated:
+        console.print("[dim]ledger stopped (SIGTERM)[/]")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _serve_until_stopped(
+    services: list[Service], port: int | None, data_dir: Path | None, *, allow_embedded: bool,
+    prints_admin_token: bool,
 ) -> None:
     settings = settings_or_exit()
     configure_logging(settings.log_level, as_json=settings.log_json)

@@ -161,3 +161,48 @@ def test_bad_arguments_are_one_clear_line_and_exit_2(args: list[str], says: str)
     assert result.exit_code == 2, result.output
     assert says in error_message(result)
     assert result.stdout == ""
+
+
+def test_sigterm_stops_up_and_its_embedded_servers(tmp_path: Path) -> None:
+    # uvicorn raised SIGTERM again after its shutdown, with the default handler: the
+    # process died there, and the embedded PostgreSQL and nats-server ran on as orphans.
+    port, data_dir = free_port(), tmp_path / "data"
+    env = {name: value for name, value in os.environ.items()
+           if name not in {"LEDGER_DATABASE_URL", "LEDGER_NATS_URL"}}  # fmt: skip
+    env.update({"LEDGER_LOG_LEVEL": "WARNING",
+                "LEDGER_AUTH_JWT_SECRET": secrets.token_urlsafe(32)})  # fmt: skip
+    with (tmp_path / "stdout").open("wb") as stdout, (tmp_path / "stderr").open("wb") as stderr:
+        process = subprocess.Popen(
+            [str(LEDGER), "up", "--port", str(port), "--data-dir", str(data_dir)],
+            env=env, stdout=stdout, stderr=stderr,
+        )  # fmt: skip
+        try:
+            wait_ready(process, f"http://127.0.0.1:{port}", tmp_path)
+            process.send_signal(signal.SIGTERM)
+            exit_code = process.wait(timeout=STOP_TIMEOUT_S)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+    left = processes_using(data_dir)
+    for pid in left:  # a failing run must not leave its orphans to the next test
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    stderr_text = (tmp_path / "stderr").read_text()
+    assert exit_code == 0, stderr_text
+    assert "ledger stopped" in stderr_text
+    assert "Traceback" not in stderr_text
+    assert left == []
+
+
+def processes_using(data_dir: Path) -> list[int]:
+    """The processes whose command line names `data_dir` (embedded servers left behind)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if str(data_dir).encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+    return found
