@@ -3,8 +3,8 @@ auditor, written atomically (a temporary file renamed into place, so the file at
 whole or absent).
 
 The period is half-open, [since, until), by `recorded_at`. Within one stream `recorded_at`
-need not grow with the version (it is the appending transaction's start time), so each
-stream's range is closed: every version between the first and the last one recorded in the
+grows with the version since migration 0008, but events appended before may go back (it
+was the appending transaction's start time), so each stream's range is closed: every version between the first and the last one recorded in the
 period is exported, and a file never holds a stream with a gap. See docs/audit-export.md.
 """
 
@@ -114,7 +114,7 @@ async def export_period(
 
 async def _check_period_over(connection: Connection, until: datetime) -> datetime:
     """The database's time now; PeriodNotOver if events recorded before `until` may still
-    commit (`recorded_at` is the start time of the appending transaction), or if this role
+    commit (`recorded_at` is never before the appending transaction began), or if this role
     cannot see when other roles' transactions began (it then cannot tell)."""
     row = await connection.fetchrow(
         "select now() as now, count(*) filter (where a.xact_start < $1) as running,"

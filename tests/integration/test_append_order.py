@@ -17,7 +17,7 @@ from collections import defaultdict
 
 import pytest
 
-from eventstore import NO_STREAM, EventStore, NewEvent, TransientConflict
+from eventstore import NO_STREAM, EventStore, NewEvent, TransientConflict, verify_chains
 from tests.integration.settling import wait_settled
 
 
@@ -89,3 +89,23 @@ async def test_appends_of_one_transaction_to_one_stream_keep_their_order(
     assert [(e.stream_id, e.stream_version) for e in await store.read_all()] == [
         ("account-a", 1), ("account-b", 1), ("account-a", 2),
     ]  # fmt: skip
+
+
+async def test_an_append_is_never_recorded_before_the_last_event_of_its_stream(
+    store: EventStore,
+) -> None:
+    # recorded_at was the start of the appending transaction: one that began earlier but
+    # appended after a later one recorded a later version at an earlier time, and an
+    # account's statement and balance "as of" the same instant disagreed.
+    await store.append("account-a", [event(1)], NO_STREAM)
+    async with store.unit_of_work() as earlier:
+        await earlier.connection.execute("select 1")  # begun: its now() is fixed here
+        await asyncio.sleep(0.05)
+        await store.append("account-a", [event(2)], 1)  # began later, commits first
+        await earlier.append("account-a", [event(3)], 2)
+
+    events = await store.read_stream("account-a")
+    times = [recorded.recorded_at for recorded in events]
+    assert times == sorted(times)
+    assert times[2] == times[1]  # no earlier than the last, and no later than needed
+    assert (await verify_chains(store)).is_intact  # the chain hashes the same instant
