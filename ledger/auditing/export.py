@@ -4,8 +4,9 @@ whole or absent).
 
 The period is half-open, [since, until), by `recorded_at`. Within one stream `recorded_at`
 grows with the version since migration 0008, but events appended before may go back (it
-was the appending transaction's start time), so each stream's range is closed: every version between the first and the last one recorded in the
-period is exported, and a file never holds a stream with a gap. See docs/audit-export.md.
+was the appending transaction's start time), so each stream's range is closed: every
+version between the first and the last one recorded in the period is exported, and a file
+never holds a stream with a gap. See docs/audit-export.md.
 """
 
 from __future__ import annotations
