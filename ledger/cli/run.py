@@ -15,7 +15,7 @@ from rich.markup import escape
 
 from ledger.auth import AUTH_OFF_WARNING, Scope, TokenSigner, verifier_of, with_development_secret
 from ledger.auth.scopes import SUBJECT_PATTERN
-from ledger.cli.failures import settings_or_exit
+from ledger.cli.failures import fail, reported_failures, settings_or_exit
 from ledger.cli.servers import resolved_servers
 from ledger.collector import tune_for_serving
 from ledger.host import Service, ServiceHost
@@ -96,10 +96,14 @@ def _serve_until_stopped(
     port = port or settings.http_port
     data_dir = data_dir or settings.data_dir
     try:
-        settings = _access_settings(settings, data_dir)
-        with resolved_servers(
+        try:
+            settings = _access_settings(settings, data_dir)
+        except OSError as error:
+            fail(f"cannot use the data directory {data_dir}: {error.strerror or error}")
+        resolving = resolved_servers(
             settings, data_dir, allow_embedded=allow_embedded, console=console
-        ) as resolved:
+        )
+        with reported_failures(), resolving as resolved:  # servers that do not start, ...
             app = create_app(ServiceHost(resolved, services))
             names = ", ".join(service.name for service in services) or "no domain services yet"
             console.print(

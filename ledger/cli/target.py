@@ -16,6 +16,7 @@ from rich.console import Console
 
 from ledger.embedded import EmbeddedNats, EmbeddedPostgres
 from ledger.embedded._common import HOST, accepts_tcp
+from ledger.embedded._lock import owning
 from ledger.settings import Settings
 
 
@@ -53,15 +54,25 @@ def operator_settings(
     data_dir = data_dir or settings.data_dir
     update: dict[str, str] = {}
     with ExitStack() as stack:
+        is_owner = False
+
+        def own() -> None:  # a command that starts servers owns them while it runs
+            nonlocal is_owner
+            if not is_owner:
+                stack.enter_context(owning(data_dir))
+                is_owner = True
+
         if settings.database_url is None:
             dsn = running_embedded_postgres(data_dir)
             if dsn is None:
+                own()
                 console.print(f"[dim]starting the embedded PostgreSQL in {data_dir}[/]")
                 dsn = stack.enter_context(EmbeddedPostgres(data_dir / "postgres")).dsn
             update["database_url"] = dsn
         if need_nats and not settings.nats_servers:
             url = running_embedded_nats(data_dir)
             if url is None:
+                own()
                 console.print(f"[dim]starting the embedded NATS in {data_dir}[/]")
                 url = stack.enter_context(EmbeddedNats(data_dir / "nats")).url
             update["nats_url"] = url

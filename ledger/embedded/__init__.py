@@ -16,6 +16,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from ledger.embedded._common import EmbeddedServerError, free_port
+from ledger.embedded._lock import owning
 from ledger.embedded.nats_server import EmbeddedNats
 from ledger.embedded.postgres import EmbeddedPostgres
 
@@ -29,6 +30,8 @@ def servers(
     """The given PostgreSQL DSN and NATS URL, or embedded servers under `data_dir` for the
     ones not given, started for the block and stopped after it."""
     with ExitStack() as stack:
+        if dsn is None or nats_url is None:
+            stack.enter_context(owning(data_dir))
         if dsn is None:
             dsn = stack.enter_context(EmbeddedPostgres(data_dir / "postgres")).dsn
         if nats_url is None:

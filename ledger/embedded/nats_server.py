@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import signal
 import socket
@@ -25,6 +27,10 @@ from ledger.embedded._common import (
     log_tail,
     logger,
 )
+
+_PID_FILE = "nats.pid"
+"""The pid of the nats-server last started here: one left running by a killed owner is
+stopped before a new one starts on the same store."""
 
 
 def _nats_server_binary() -> Path:
@@ -53,8 +59,8 @@ def _nats_info(port: int) -> dict[str, object] | None:
 class EmbeddedNats:
     """A ``nats-server`` with JetStream whose files live under ``data_dir``.
 
-    Layout: ``jetstream/`` (the JetStream store), ``nats.log``, ``nats.port``. The server
-    runs in its own session, so a Ctrl-C aimed at this process does not reach it; its
+    Layout: ``jetstream/`` (the JetStream store), ``nats.log``, ``nats.port``, ``nats.pid``.
+    The server runs in its own session, so a Ctrl-C aimed at this process does not reach it; its
     owner stops it.
     """
 
@@ -81,9 +87,32 @@ class EmbeddedNats:
         if self._process is not None:
             return self.url
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._stop_orphan()
         port = self._port or choose_port(self._requested_port, self.data_dir / "nats.port")
         self._spawn(port)
         return self.url
+
+    def _stop_orphan(self) -> None:
+        """Stop a nats-server on this store left by an owner that was killed (kill -9): it
+        runs in a session of its own and outlives it, and a second one on the same store
+        would run beside it. Only a process that is a nats-server on this very store."""
+        try:
+            pid = int((self.data_dir / _PID_FILE).read_text().strip())
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return
+        store = str(self.data_dir / "jetstream").encode()
+        if b"nats-server" not in command or store not in command:
+            return
+        logger.warning("stopping nats-server %d, left on %s by a process that ended", pid,
+                       self.data_dir)  # fmt: skip
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_TIMEOUT_S
+            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if Path(f"/proc/{pid}").exists():
+                os.kill(pid, signal.SIGKILL)
 
     def stop(self) -> None:
         """Stop the server: SIGTERM, then SIGKILL after 30 s. A no-op if not running."""
@@ -133,6 +162,7 @@ class EmbeddedNats:
                 start_new_session=True,
             )  # fmt: skip
         self._port = port
+        (self.data_dir / _PID_FILE).write_text(str(self._process.pid))
         try:
             self._wait_until_ready(self._process, port)
         except BaseException:

@@ -7,6 +7,7 @@ with its own data directory.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -16,6 +17,7 @@ import nats
 import pytest
 
 from ledger.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedServerError, free_port
+from ledger.embedded._lock import owning
 
 
 def _port_of(url: str) -> int:
@@ -127,3 +129,34 @@ async def test_embedded_nats_keeps_streams_and_port_across_restart(
         assert stream.state.messages == 1
     finally:
         await client.close()
+
+
+def test_a_second_owner_of_a_data_directory_is_refused_while_the_first_runs(
+    tmp_path: Path,
+) -> None:
+    # A second `ledger up` on one directory adopted the first one's PostgreSQL and stopped
+    # it on its way out, under the first one's feet.
+    refused = pytest.raises(EmbeddedServerError, match=rf"pid {os.getpid()}.*another --data-dir")
+    with owning(tmp_path), refused, owning(tmp_path):
+        pass
+    with owning(tmp_path):  # released with its owner
+        pass
+
+
+def test_a_nats_server_left_by_a_killed_owner_is_stopped_before_another_starts(
+    tmp_path: Path,
+) -> None:
+    first = EmbeddedNats(tmp_path / "nats")
+    first.start()
+    orphan = first._process
+    assert orphan is not None
+    first._process = None  # its owner is gone (kill -9): nobody will stop this server
+
+    try:
+        with EmbeddedNats(tmp_path / "nats") as second:
+            assert orphan.wait(timeout=30) is not None  # stopped, not left beside it
+            assert second.url
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
+            orphan.wait()
