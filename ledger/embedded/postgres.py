@@ -6,6 +6,7 @@ import importlib.util
 import os
 import pwd
 import shlex
+import shutil
 import stat
 import subprocess
 import time
@@ -67,6 +68,10 @@ def _postgres_bin_dir() -> Path:
     return bin_dir
 
 
+_INITDB_UNFINISHED = "initdb.unfinished"
+"""Present from before initdb runs until it has succeeded (an interrupted one leaves it)."""
+
+
 class EmbeddedPostgres:
     """A PostgreSQL server whose files live under ``data_dir``.
 
@@ -102,8 +107,18 @@ class EmbeddedPostgres:
         started_at = time.monotonic()
         bin_dir = _postgres_bin_dir()
         self._prepare_dirs(bin_dir)
+        unfinished = self.data_dir / _INITDB_UNFINISHED
+        if unfinished.exists():
+            # An initdb that was interrupted (Ctrl-C on a first start) leaves PG_VERSION and
+            # half a cluster, which every later start used and failed on. Nothing was ever
+            # stored in it: begin again.
+            logger.warning("the first initdb of %s did not finish: running it again",
+                           self._pgdata)  # fmt: skip
+            shutil.rmtree(self._pgdata, ignore_errors=True)
         if not (self._pgdata / "PG_VERSION").exists():
+            unfinished.touch()
             self._initdb(bin_dir)
+            unfinished.unlink()
         port = self._adopt_running(bin_dir)
         if port is None:
             port = choose_port(self._requested_port, self.data_dir / "postgres.port")

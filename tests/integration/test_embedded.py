@@ -160,3 +160,27 @@ def test_a_nats_server_left_by_a_killed_owner_is_stopped_before_another_starts(
         if orphan.poll() is None:
             orphan.kill()
             orphan.wait()
+
+
+def test_an_initdb_that_did_not_finish_is_run_again(tmp_path: Path) -> None:
+    # Ctrl-C during a first start's initdb left PG_VERSION and half a cluster, which every
+    # later start used and failed on ("database postgres does not exist").
+    data_dir = tmp_path / "postgres"
+    (data_dir / "pgdata").mkdir(parents=True)
+    (data_dir / "pgdata" / "PG_VERSION").write_text("15\n")  # and nothing else
+    (data_dir / "initdb.unfinished").touch()
+
+    with EmbeddedPostgres(data_dir) as server:
+        version = asyncio.run(_server_version(server.dsn))
+
+    assert version  # a server that answers, on a whole cluster
+    assert not (data_dir / "initdb.unfinished").exists()
+
+
+async def _server_version(dsn: str) -> str:
+    connection = await asyncpg.connect(dsn)
+    try:
+        version: str = await connection.fetchval("show server_version")
+        return version
+    finally:
+        await connection.close()
