@@ -20,6 +20,7 @@ from ledger.problems import (
     problem_responses,
 )
 from ledger.request_context import RequestContextMiddleware
+from ledger.startup import start_unless_stopped
 from ledger.streaming import router as streaming_router
 
 
@@ -28,12 +29,11 @@ def create_app(host: ServiceHost, *, manage_host: bool = True) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        if manage_host:
-            await host.start()
+        is_started = manage_host and await start_unless_stopped(host)
         try:
-            yield
+            yield  # not started: uvicorn, told to exit by the same signal, shuts down now
         finally:
-            if manage_host:
+            if is_started:
                 await host.stop()
 
     app = FastAPI(

@@ -206,3 +206,33 @@ def processes_using(data_dir: Path) -> list[int]:
             if str(data_dir).encode() in (entry / "cmdline").read_bytes():
                 found.append(int(entry.name))
     return found
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_serve_waiting_for_nats_stops_on_a_signal(
+    database_url: str, tmp_path: Path, stop: signal.Signals
+) -> None:
+    # The first NATS connection waits until a server answers, and uvicorn does not cancel
+    # a startup: SIGTERM and Ctrl-C were ignored for as long as it waited (for ever).
+    env = {**os.environ, "LEDGER_DATABASE_URL": database_url,
+           "LEDGER_NATS_URL": f"nats://127.0.0.1:{free_port()}",  # nobody listens there
+           "LEDGER_AUTH_JWT_SECRET": secrets.token_urlsafe(32), "LEDGER_LOG_LEVEL": "WARNING"}
+    with (tmp_path / "stderr").open("wb") as stderr:
+        process = subprocess.Popen(
+            [str(LEDGER), "serve", "account", "--port", str(free_port())],
+            env=env, stdout=subprocess.DEVNULL, stderr=stderr,
+        )  # fmt: skip
+        try:
+            time.sleep(3)  # well into the wait for NATS
+            assert process.poll() is None, (tmp_path / "stderr").read_text()
+            process.send_signal(stop)
+            exit_code = process.wait(timeout=STOP_TIMEOUT_S)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+    stderr_text = (tmp_path / "stderr").read_text()
+    assert exit_code == 0, stderr_text
+    assert "stopped while starting" in stderr_text
+    assert "Traceback" not in stderr_text
