@@ -53,7 +53,7 @@ class CancelledExposuresProjection(Projection):
             (exposure_id(cancelled.transfer_id, cancelled.leg_id),
              account_id_of(event.stream_id), cancelled.cancelled_at)
             for event in events
-            if event.category == CATEGORY and event.event_type == "ExposureCancelled"
+            if event.category == CATEGORY and event.event_type == ExposureCancelled.event_type
             and isinstance(cancelled := from_recorded(event), ExposureCancelled)
         ]  # fmt: skip
         if rows:

@@ -52,27 +52,21 @@ def operator_settings(
     configured, else the running embedded servers under the data directory, else embedded
     servers started for the block and stopped after it."""
     data_dir = data_dir or settings.data_dir
+    wants_postgres = settings.database_url is None
+    wants_nats = need_nats and not settings.nats_servers
+    dsn = running_embedded_postgres(data_dir) if wants_postgres else None
+    url = running_embedded_nats(data_dir) if wants_nats else None
     update: dict[str, str] = {}
     with ExitStack() as stack:
-        is_owner = False
-
-        def own() -> None:  # a command that starts servers owns them while it runs
-            nonlocal is_owner
-            if not is_owner:
-                stack.enter_context(owning(data_dir))
-                is_owner = True
-
-        if settings.database_url is None:
-            dsn = running_embedded_postgres(data_dir)
+        if (wants_postgres and dsn is None) or (wants_nats and url is None):
+            stack.enter_context(owning(data_dir))  # it starts servers: it owns them meanwhile
+        if wants_postgres:
             if dsn is None:
-                own()
                 console.print(f"[dim]starting the embedded PostgreSQL in {data_dir}[/]")
                 dsn = stack.enter_context(EmbeddedPostgres(data_dir / "postgres")).dsn
             update["database_url"] = dsn
-        if need_nats and not settings.nats_servers:
-            url = running_embedded_nats(data_dir)
+        if wants_nats:
             if url is None:
-                own()
                 console.print(f"[dim]starting the embedded NATS in {data_dir}[/]")
                 url = stack.enter_context(EmbeddedNats(data_dir / "nats")).url
             update["nats_url"] = url

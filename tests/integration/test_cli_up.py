@@ -40,23 +40,29 @@ def settings(database_url: str, nats_url: str) -> Settings:
 
 
 @contextlib.contextmanager
-def ledger_up(settings: Settings, port: int, log_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`ledger up --port <port>` on the given servers; killed if the test left it running."""
-    env = {**os.environ, "LEDGER_DATABASE_URL": str(settings.database_url),
-           "LEDGER_NATS_URL": str(settings.nats_url),
-           "LEDGER_SCHEMA_PREFIX": settings.schema_prefix, "LEDGER_LOG_LEVEL": "WARNING",
-           "LEDGER_AUTH_JWT_SECRET": secrets.token_urlsafe(32)}  # fmt: skip
+def ledger(
+    args: list[str], env: dict[str, str], log_dir: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`ledger <args>` as a process, its output in `log_dir`; killed if the test left it
+    running."""
     with (log_dir / "stdout").open("wb") as stdout, (log_dir / "stderr").open("wb") as stderr:
-        process = subprocess.Popen(
-            [str(LEDGER), "up", "--port", str(port), "--data-dir", str(log_dir / "data")],
-            env=env, stdout=stdout, stderr=stderr,
-        )  # fmt: skip
+        process = subprocess.Popen([str(LEDGER), *args], env=env, stdout=stdout, stderr=stderr)
         try:
             yield process
         finally:
             if process.poll() is None:
                 process.kill()
                 process.wait()
+
+
+def ledger_up(settings: Settings, port: int, log_dir: Path
+              ) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:  # fmt: skip
+    """`ledger up --port <port>` on the given servers."""
+    env = {**os.environ, "LEDGER_DATABASE_URL": str(settings.database_url),
+           "LEDGER_NATS_URL": str(settings.nats_url),
+           "LEDGER_SCHEMA_PREFIX": settings.schema_prefix, "LEDGER_LOG_LEVEL": "WARNING",
+           "LEDGER_AUTH_JWT_SECRET": secrets.token_urlsafe(32)}  # fmt: skip
+    return ledger(["up", "--port", str(port), "--data-dir", str(log_dir / "data")], env, log_dir)
 
 
 def wait_ready(process: subprocess.Popen[bytes], url: str, log_dir: Path) -> httpx.Response:
@@ -171,19 +177,11 @@ def test_sigterm_stops_up_and_its_embedded_servers(tmp_path: Path) -> None:
            if name not in {"LEDGER_DATABASE_URL", "LEDGER_NATS_URL"}}  # fmt: skip
     env.update({"LEDGER_LOG_LEVEL": "WARNING",
                 "LEDGER_AUTH_JWT_SECRET": secrets.token_urlsafe(32)})  # fmt: skip
-    with (tmp_path / "stdout").open("wb") as stdout, (tmp_path / "stderr").open("wb") as stderr:
-        process = subprocess.Popen(
-            [str(LEDGER), "up", "--port", str(port), "--data-dir", str(data_dir)],
-            env=env, stdout=stdout, stderr=stderr,
-        )  # fmt: skip
-        try:
-            wait_ready(process, f"http://127.0.0.1:{port}", tmp_path)
-            process.send_signal(signal.SIGTERM)
-            exit_code = process.wait(timeout=STOP_TIMEOUT_S)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+    with ledger(["up", "--port", str(port), "--data-dir", str(data_dir)], env, tmp_path
+                ) as process:  # fmt: skip
+        wait_ready(process, f"http://127.0.0.1:{port}", tmp_path)
+        process.send_signal(signal.SIGTERM)
+        exit_code = process.wait(timeout=STOP_TIMEOUT_S)
 
     left = processes_using(data_dir)
     for pid in left:  # a failing run must not leave its orphans to the next test
@@ -217,20 +215,11 @@ def test_serve_waiting_for_nats_stops_on_a_signal(
     env = {**os.environ, "LEDGER_DATABASE_URL": database_url,
            "LEDGER_NATS_URL": f"nats://127.0.0.1:{free_port()}",  # nobody listens there
            "LEDGER_AUTH_JWT_SECRET": secrets.token_urlsafe(32), "LEDGER_LOG_LEVEL": "WARNING"}
-    with (tmp_path / "stderr").open("wb") as stderr:
-        process = subprocess.Popen(
-            [str(LEDGER), "serve", "account", "--port", str(free_port())],
-            env=env, stdout=subprocess.DEVNULL, stderr=stderr,
-        )  # fmt: skip
-        try:
-            time.sleep(3)  # well into the wait for NATS
-            assert process.poll() is None, (tmp_path / "stderr").read_text()
-            process.send_signal(stop)
-            exit_code = process.wait(timeout=STOP_TIMEOUT_S)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+    with ledger(["serve", "account", "--port", str(free_port())], env, tmp_path) as process:
+        time.sleep(3)  # well into the wait for NATS
+        assert process.poll() is None, (tmp_path / "stderr").read_text()
+        process.send_signal(stop)
+        exit_code = process.wait(timeout=STOP_TIMEOUT_S)
 
     stderr_text = (tmp_path / "stderr").read_text()
     assert exit_code == 0, stderr_text
