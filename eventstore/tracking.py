@@ -37,7 +37,7 @@ async def mark_all_handled(
         f"insert into {schema}.inbox (consumer, message_id)"
         " select $1, unnest($2::text[]) on conflict do nothing returning message_id",
         consumer,
-        list(message_ids),
+        sorted(message_ids),  # one order for every writer: two replicas never deadlock
     )
     return {row[0] for row in rows}
 

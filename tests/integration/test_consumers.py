@@ -466,6 +466,33 @@ async def test_marking_a_batch_reports_only_the_ids_new_to_the_inbox(store: Even
     assert second == {"c"}
 
 
+async def test_marking_a_batch_takes_its_ids_in_one_order_so_two_writers_never_deadlock(
+    store: EventStore,
+) -> None:
+    """Another writer holds "a" and then wants "b": a batch that took "b" before waiting on
+    "a" would deadlock with it (PostgreSQL would abort one of the two)."""
+    async with store.pool.acquire() as other, store.pool.acquire() as batch:
+        other_tx = other.transaction()
+        await other_tx.start()
+        await mark_all_handled(other, store.schema, "replicas", ["a"])
+        async with batch.transaction():
+            marking = asyncio.create_task(
+                mark_all_handled(batch, store.schema, "replicas", ["b", "a"])
+            )
+            await wait_until(lambda: _is_waiting_on_a_lock(store, batch))
+            await mark_all_handled(other, store.schema, "replicas", ["b"])
+            await other_tx.commit()
+            assert await asyncio.wait_for(marking, timeout=_GUARD_S) == set()
+
+
+async def _is_waiting_on_a_lock(store: EventStore, connection: Connection) -> bool:
+    pid = connection.get_server_pid()
+    event = await store.pool.fetchval(
+        "select wait_event_type from pg_stat_activity where pid = $1", pid
+    )
+    return bool(event == "Lock")
+
+
 async def test_a_consumer_deleted_on_the_server_is_created_again_and_loses_nothing(
     nc: Client, store: EventStore, applied_table: str, token: str
 ) -> None:
