@@ -7,6 +7,7 @@ it with the live table row by row (`verify`). See docs/projection-rebuild.md.
 
 from __future__ import annotations
 
+import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -24,6 +25,11 @@ from eventstore.events import START, Position, RecordedEvent
 from eventstore.replay import read_ahead_connection, replay_into
 from eventstore.store import EventStore
 
+_log = logging.getLogger(__name__)
+
+_VERSION_NOTE: Final = "ledger projection, version "
+"""The table comment that records the projection version which made a read model."""
+
 LOCK_TIMEOUT_MS: Final = 10_000
 """How long the final catch-up waits for the live table's lock before giving up."""
 
@@ -40,6 +46,9 @@ class Projection(ABC):
     name: str
     table: str
     key_columns: tuple[str, ...]
+    version: int = 1
+    """The shape of the table `create_sql` makes. Raise it with the shape: a live table made
+    by an older version is rebuilt when the store opens (docs/read-model-versions.md)."""
 
     @abstractmethod
     def create_sql(self, table: str) -> str:
@@ -62,13 +71,21 @@ class Projection(ABC):
             await self.apply(connection, table, event)
 
     async def ensure_table(self, store: EventStore) -> None:
-        """Create the live table if it does not exist yet."""
+        """Create the live table if it does not exist yet, and rebuild it if an older version
+        of this projection made it. One instance does either while the others wait."""
         table = f"{store.schema}.{self.table}"
         with translated_errors():
             async with store.pool.acquire() as connection, connection.transaction():
                 await subscriptions.lock(connection, store.schema, f"projection-ddl:{self.name}")
                 if await connection.fetchval("select to_regclass($1)", table) is None:
                     await connection.execute(self.create_sql(table))
+                    await _mark_version(connection, self, table)
+                    return
+                made_by = await _version_of(connection, table)
+                if made_by < self.version:
+                    _log.warning("rebuilding %s: its table is of version %d, this is %d",
+                                 table, made_by, self.version)  # fmt: skip
+                    await rebuild(store, self)
 
 
 def projection_subscription(
@@ -141,6 +158,7 @@ async def rebuild(
         async with store.pool.acquire() as connection, _rebuilding(connection, store, projection):
             await connection.execute(f"drop table if exists {shadow}")
             await connection.execute(projection.create_sql(shadow))
+            await _mark_version(connection, projection, shadow)
             try:
                 position = await _replay_unlocked(
                     connection, store, projection, shadow, report, progress, is_inline
@@ -164,6 +182,23 @@ async def rebuild(
                     await connection.execute(f"drop table if exists {shadow}")
     report.elapsed_s = time.perf_counter() - started
     return report
+
+
+async def _mark_version(connection: Connection, projection: Projection, table: str) -> None:
+    """Note on `table` which version of `projection` made it (a comment survives renames)."""
+    await connection.execute(f"comment on table {table} is '{_VERSION_NOTE}{projection.version}'")
+
+
+async def _version_of(connection: Connection, table: str) -> int:
+    """The version of the projection that made `table`: 1 for a table made before versions
+    were noted, or with a note this code does not read."""
+    note = await connection.fetchval("select obj_description($1::regclass, 'pg_class')", table)
+    if note is None or not note.startswith(_VERSION_NOTE):
+        return 1
+    try:
+        return int(note.removeprefix(_VERSION_NOTE))
+    except ValueError:
+        return 1
 
 
 async def _replay_unlocked(

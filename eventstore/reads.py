@@ -7,6 +7,8 @@ global_position)`, so an event that commits late is never skipped.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any, Final
 
 import asyncpg
@@ -15,6 +17,10 @@ import orjson
 from eventstore._db import Executor
 from eventstore.events import Direction, Position, RecordedEvent
 from eventstore.upcasting import Upcasters
+
+_FIRST_HORIZON_PAUSE_S: Final = 0.002
+_MAX_HORIZON_PAUSE_S: Final = 0.05
+"""How `settled_horizon` polls: from 2 ms, doubling up to 50 ms between looks."""
 
 _loads = orjson.loads
 _new_event = tuple.__new__
@@ -117,6 +123,38 @@ async def has_settled_after(
         *arguments,
     )
     return found is not None
+
+
+async def settled_horizon(executor: Executor, patience_s: float) -> int:
+    """A transaction id below which no transaction is running, waited for until it passes
+    every transaction that had committed when called (so a read below it shows them all), for
+    at most `patience_s`; after that, the horizon of the moment (the xmin rule).
+
+    Rows read below the horizon in `(tx_id, ...)` order are final in that order: nothing can
+    commit among them later. The wait is for transactions in flight when called (normally a
+    few milliseconds); a long one elsewhere costs `patience_s` and leaves its followers out.
+    """
+    row = await executor.fetchrow(
+        "select pg_snapshot_xmin(s), pg_snapshot_xmax(s) from pg_current_snapshot() s"
+    )
+    assert row is not None, "a select without from gives one row"
+    horizon, committed_below = row[0], row[1]
+    deadline = time.monotonic() + patience_s
+    pause_s = _FIRST_HORIZON_PAUSE_S
+    while horizon < committed_below and time.monotonic() < deadline:
+        await asyncio.sleep(pause_s)
+        pause_s = min(pause_s * 2, _MAX_HORIZON_PAUSE_S)
+        horizon = await executor.fetchval("select pg_snapshot_xmin(pg_current_snapshot())")
+    return int(horizon)
+
+
+async def place_of(executor: Executor, schema: str, global_position: int) -> Position | None:
+    """The place in commit order of the event at `global_position`, or None if none is."""
+    row = await executor.fetchrow(
+        f"select tx_id, global_position from {schema}.events where global_position = $1",
+        global_position,
+    )
+    return None if row is None else Position(row[0], row[1])
 
 
 async def fetch_by_ids(

@@ -188,6 +188,18 @@ class EventStore:
                 upcasters=self.upcasters,
             )
 
+    async def settled_horizon(self, *, patience_s: float = 1.0) -> int:
+        """A transaction id below which everything committed before the call, and nothing
+        that can still commit, lies: read models list below it in commit order
+        (`reads.settled_horizon`)."""
+        with translated_errors():
+            return await reads.settled_horizon(self.pool, patience_s)
+
+    async def place_of(self, global_position: int) -> Position | None:
+        """The place in commit order of the event at `global_position` (None: no such event)."""
+        with translated_errors():
+            return await reads.place_of(self.pool, self.schema, global_position)
+
     async def save_snapshot(
         self, stream_id: str, stream_version: int, state: dict[str, Any], schema_version: int = 1
     ) -> None:

@@ -17,8 +17,9 @@ from typing import Annotated, Any, Final
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.routing import APIRoute
 
-from eventstore import EventStore, UnitOfWork
+from eventstore import START, EventStore, Position, UnitOfWork
 from eventstore._db import Executor
+from ledger.cursors import encode_cursor, place_after
 from ledger.dependencies import runtime_of
 from ledger.host import Runtime
 from ledger.idempotency import in_unit_of_work
@@ -38,8 +39,6 @@ from risk_service.views import (
     RiskAccount,
     SetLimits,
     decision_of,
-    decode_cursor,
-    encode_cursor,
     limits_of,
     risk_account_of,
 )
@@ -138,14 +137,15 @@ async def list_decisions(
 ) -> DecisionPage:
     """Approvals and refusals matching every filter given, oldest first; `next` is the
     cursor of the next page."""
-    after = decode_cursor(cursor, "decisions", int)
+    after = await place_after(runtime.store, cursor, "decisions")
     rows = await _decision_rows(runtime.store, account, outcome, after, limit + 1)
     assets = runtime.settings.assets()
     items = [decision_of(row, assets) for row in rows[:limit]]
-    is_more = len(rows) > limit
-    return DecisionPage(
-        items=items, next=encode_cursor("decisions", items[-1].position) if is_more else None
-    )
+    if len(rows) <= limit:
+        return DecisionPage(items=items, next=None)
+    last = rows[limit - 1]
+    next_cursor = encode_cursor("decisions", Position(last["tx_id"], last["global_position"]))
+    return DecisionPage(items=items, next=next_cursor)
 
 
 async def _change(
@@ -175,12 +175,18 @@ async def _known_account(store: EventStore, executor: Executor, account_id: str)
 
 
 async def _decision_rows(
-    store: EventStore, account: str | None, outcome: Outcome | None, after: int | None,
+    store: EventStore, account: str | None, outcome: Outcome | None, after: Position | None,
     limit: int,
 ) -> list[Any]:
+    """Decisions in commit order after `after`, below the store's settled horizon, so that
+    none can commit later at a place a client following the list has passed
+    (docs/list-order.md)."""
     # Only the filters given become conditions, so each query can use its index.
-    conditions = ["d.global_position > $1"]
-    arguments: list[object] = [after or 0]
+    conditions = [
+        "(d.tx_id, d.global_position) > ($1::xid8, $2::bigint)",
+        "d.tx_id < $3::xid8",
+    ]
+    arguments: list[object] = [*(after or START), await store.settled_horizon()]
     for column, value in (("account_id", account), ("outcome", outcome)):
         if value is not None:
             arguments.append(str(value))
@@ -189,6 +195,7 @@ async def _decision_rows(
     return await store.pool.fetch(
         f"select d.*, a.currency as account_currency from {store.schema}.risk_decisions d"
         f" left join {store.schema}.risk_accounts a using (account_id)"
-        f" where {' and '.join(conditions)} order by d.global_position limit ${len(arguments)}",
+        f" where {' and '.join(conditions)} order by d.tx_id, d.global_position"
+        f" limit ${len(arguments)}",
         *arguments,
     )

@@ -27,7 +27,7 @@ _STATE_UPSERT: Final = (
 )
 _DECISION_COLUMNS: Final = (
     "global_position, account_id, transfer_id, leg_id, outcome, reason, detail, amount_minor,"
-    " currency, limits, decided_at"
+    " currency, limits, decided_at, tx_id"
 )
 _DECISION_TYPES: Final = ("ExposureReserved", "MovementRefused")
 
@@ -99,9 +99,13 @@ class DecisionsProjection(Projection):
     name = "risk_decisions"
     table = "risk_decisions"
     key_columns = ("global_position",)
+    version = 2
+    """2: `tx_id`, so that the list pages in commit order."""
 
     def create_sql(self, table: str) -> str:
-        """The decisions table."""
+        """The decisions table. The list pages in commit order, `(tx_id, global_position)`;
+        the default gives `tx_id` to rows inserted in the append's transaction by a replica
+        of an older version (a rolling upgrade)."""
         return f"""
             create table {table} (
                 global_position bigint primary key,
@@ -114,10 +118,12 @@ class DecisionsProjection(Projection):
                 amount_minor bigint not null,
                 currency text not null,
                 limits jsonb not null,
-                decided_at timestamptz not null
+                decided_at timestamptz not null,
+                tx_id xid8 not null default pg_current_xact_id()
             );
-            create index on {table} (account_id, global_position);
-            create index on {table} (outcome, global_position);
+            create index on {table} (tx_id, global_position);
+            create index on {table} (account_id, tx_id, global_position);
+            create index on {table} (outcome, tx_id, global_position);
         """
 
     async def apply(self, connection: Connection, table: str, event: RecordedEvent) -> None:
@@ -126,7 +132,7 @@ class DecisionsProjection(Projection):
             return
         await connection.execute(
             f"insert into {table} ({_DECISION_COLUMNS})"
-            " values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, $11)",
+            " values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, $11, $12)",
             *_decision_row(event),
         )
 
@@ -140,7 +146,7 @@ class DecisionsProjection(Projection):
         await connection.execute(
             f"insert into {table} ({_DECISION_COLUMNS}) select * from unnest($1::bigint[],"
             " $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],"
-            " $8::bigint[], $9::text[], $10::jsonb[], $11::timestamptz[])",
+            " $8::bigint[], $9::text[], $10::jsonb[], $11::timestamptz[], $12::xid8[])",
             *unnest_columns(decided),
         )
 
@@ -162,7 +168,7 @@ def _decision_row(event: RecordedEvent) -> tuple[Any, ...]:
         event.global_position, account_id_of(event.stream_id), data["transfer_id"],
         data["leg_id"], "approved" if is_approved else "refused", data.get("reason"),
         data.get("detail"), data["amount_minor"], data["currency"],
-        orjson.dumps(data["limits"]).decode(), event.recorded_at,
+        orjson.dumps(data["limits"]).decode(), event.recorded_at, event.tx_id,
     )  # fmt: skip
 
 

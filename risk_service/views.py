@@ -5,8 +5,6 @@ the account's currency (DESIGN 3); inside they are integers of minor units.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from datetime import datetime
 from enum import StrEnum
@@ -16,8 +14,6 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from ledger.money import AmountError, Assets
-from ledger.problems import Problem
-from ledger.validation import is_position
 from risk_service.contracts import Limits
 from risk_service.domain import AccountView, RiskState
 
@@ -149,29 +145,6 @@ def decision_of(row: Any, assets: Assets) -> DecisionOut:
                           limits_currency),
         decided_at=row["decided_at"],
     )
-
-
-def encode_cursor(kind: str, after: str | int) -> str:
-    """An opaque cursor: where the next page of `kind` starts (after that key).
-
-    The same format as the account API's cursors, so clients page both alike."""
-    return base64.urlsafe_b64encode(orjson.dumps([kind, after])).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str | None, kind: str, key_type: type[str] | type[int]) -> Any:
-    """The key a cursor of `kind` holds (None without a cursor); 422 for any other text."""
-    if cursor is None:
-        return None
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        cursor_kind, after = orjson.loads(base64.urlsafe_b64decode(padded.encode()))
-    except (ValueError, TypeError, binascii.Error):
-        cursor_kind, after = None, None
-    if cursor_kind != kind or type(after) is not key_type or (
-        key_type is int and not is_position(after)
-    ):
-        raise Problem(422, "the cursor is not one this list gave out", code="invalid_cursor")
-    return after
 
 
 def _limit_minor(text: str | None, assets: Assets, currency: str) -> int | None:

@@ -19,8 +19,9 @@ from typing import Annotated, Any, Final
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.routing import APIRoute
 
-from eventstore import NO_STREAM, UnitOfWork
+from eventstore import NO_STREAM, Position, UnitOfWork
 from ledger.auth import CurrentPrincipal
+from ledger.cursors import encode_cursor, place_after
 from ledger.dependencies import runtime_of
 from ledger.host import Runtime
 from ledger.idempotency import Answer, IdempotencyKey, IdempotentRequest, once
@@ -43,8 +44,6 @@ from trade_service.views import (
     Transfer,
     TransferPage,
     TransferRequest,
-    decode_cursor,
-    encode_cursor,
     problem_of,
     trade_of,
     transfer_of,
@@ -253,14 +252,15 @@ async def _page(
 ) -> tuple[list[Any], str | None]:
     """One page of rows and the cursor of the next (None: this is the last)."""
     list_name = f"{kind.value}s"
-    before = decode_cursor(cursor, list_name)
+    before = await place_after(runtime.store, cursor, list_name)
     rows = await queries.settlement_rows(
         runtime.store, kind, account=account, status=status.value if status else None,
-        before=before, limit=limit + 1,
+        before=before, limit=limit + 1, horizon=await runtime.store.settled_horizon(),
     )
-    is_more = len(rows) > limit
-    next_cursor = encode_cursor(list_name, rows[limit - 1]["position"]) if is_more else None
-    return rows[:limit], next_cursor
+    if len(rows) <= limit:
+        return rows, None
+    last = rows[limit - 1]
+    return rows[:limit], encode_cursor(list_name, Position(last["tx_id"], last["position"]))
 
 
 def _now() -> datetime:

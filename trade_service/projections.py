@@ -27,7 +27,7 @@ from trade_service.events import from_recorded, settlement_of
 TABLE: Final = "settlements"
 SETTLEMENT_COLUMNS: Final = (
     "transfer_id, kind, status, reason, detail, legs, accounts, reference, instrument,"
-    " quantity_minor, price, version, position, created_at, updated_at"
+    " quantity_minor, price, version, position, tx_id, created_at, updated_at"
 )
 _COLUMN_NAMES: Final = tuple(name.strip() for name in SETTLEMENT_COLUMNS.split(","))
 
@@ -38,9 +38,13 @@ class SettlementsProjection(Projection):
     name = "settlements"
     table = TABLE
     key_columns = ("transfer_id",)
+    version = 2
+    """2: `tx_id`, so that lists page in commit order."""
 
     def create_sql(self, table: str) -> str:
-        """The settlements table; `position` (the request's global position) orders lists."""
+        """The settlements table. Lists page by the request's place in commit order,
+        `(tx_id, position)`; the default gives `tx_id` to rows inserted in the append's
+        transaction by a replica of an older version (a rolling upgrade)."""
         return f"""
             create table {table} (
                 transfer_id text primary key,
@@ -56,10 +60,11 @@ class SettlementsProjection(Projection):
                 price text,
                 version bigint not null,
                 position bigint not null,
+                tx_id xid8 not null default pg_current_xact_id(),
                 created_at timestamptz not null,
                 updated_at timestamptz not null
             );
-            create index on {table} (kind, position);
+            create index on {table} (kind, tx_id, position);
             create index on {table} using gin (accounts);
         """
 
@@ -138,7 +143,7 @@ async def _insert(
     # No "on conflict": a settlement is requested once, and the key refuses a second loudly.
     await connection.execute(
         f"insert into {table} ({SETTLEMENT_COLUMNS}) values"
-        " ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        " ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
         *row.values(),
     )
 
@@ -161,7 +166,7 @@ def requested_row(
         "instrument": trade.instrument if trade else None,
         "quantity_minor": trade.quantity_minor if trade else None,
         "price": trade.price if trade else None,
-        "version": state.version, "position": event.global_position,
+        "version": state.version, "position": event.global_position, "tx_id": event.tx_id,
         "created_at": event.recorded_at, "updated_at": event.recorded_at,
     }
 

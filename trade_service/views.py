@@ -5,8 +5,6 @@ inside they are integers of minor units.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from datetime import datetime
 from typing import Annotated, Any, Final
 
@@ -15,7 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ledger.money import AmountError, Assets
 from ledger.problems import Problem
-from ledger.validation import is_position
 from trade_service.contracts import SettlementLeg
 from trade_service.domain import (
     ASSET_LEG,
@@ -163,26 +160,6 @@ def _common(row: Any, steps: list[Step], assets: Assets) -> dict[str, Any]:
         "detail": row["detail"], "legs": legs, "steps": steps,
         "created_at": row["created_at"], "updated_at": row["updated_at"],
     }
-
-
-def encode_cursor(kind: str, after: int) -> str:
-    """An opaque cursor: where the next page of `kind` starts (after that position)."""
-    return base64.urlsafe_b64encode(orjson.dumps([kind, after])).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str | None, kind: str) -> int | None:
-    """The position a cursor of `kind` holds (None without a cursor); 422 for any other text."""
-    if cursor is None:
-        return None
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        cursor_kind, after = orjson.loads(base64.urlsafe_b64decode(padded.encode()))
-    except (ValueError, TypeError, binascii.Error):
-        cursor_kind, after = None, None
-    if cursor_kind != kind or not is_position(after):
-        raise Problem(422, "the cursor is not one this list gave out", code="invalid_cursor")
-    position: int = after
-    return position
 
 
 def problem_of(error: SettlementError | AmountError) -> Problem:

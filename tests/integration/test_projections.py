@@ -321,3 +321,59 @@ async def test_progress_counts_sum_to_the_events_replayed(
     assert report.events == 2500
     assert sum(counts) == report.events
     assert len(counts) >= 2
+
+
+class BalancesV2(Balances):
+    """`Balances` with a new column: a read model whose shape changed."""
+
+    version = 2
+
+    def create_sql(self, table: str) -> str:
+        return (
+            f"create table {table} (stream_id text primary key, balance_minor bigint not null,"
+            " version bigint not null, shape text not null default 'v2')"
+        )
+
+
+async def _columns(store: EventStore, table: str) -> list[str]:
+    rows = await store.pool.fetch(
+        "select column_name from information_schema.columns"
+        " where table_schema = $1 and table_name = $2 order by ordinal_position",
+        store.schema, table,
+    )  # fmt: skip
+    return [row[0] for row in rows]
+
+
+async def test_a_table_made_by_an_older_version_is_rebuilt_when_the_store_opens(
+    inline_store: EventStore, balances: Balances
+) -> None:
+    await append_history(inline_store)
+    newer = BalancesV2()
+    upgraded = EventStore(inline_store.pool, inline_store.schema, inline_projections=[newer])
+
+    await newer.ensure_table(upgraded)
+
+    assert await _columns(upgraded, "balances") == ["stream_id", "balance_minor", "version",
+                                                     "shape"]  # fmt: skip
+    rows = await table_rows(upgraded, newer)
+    assert {key: {**row, "shape": "v2"} for key, row in fold(await all_events(upgraded)).items()
+            } == rows  # fmt: skip
+    await upgraded.append("account-0", [deposited(1)], 4)  # it follows appends as before
+    assert (await table_rows(upgraded, newer))["account-0"]["balance_minor"] == 76
+
+
+async def test_a_table_of_this_version_or_a_newer_one_is_left_as_it_is(
+    inline_store: EventStore, balances: Balances
+) -> None:
+    newer = BalancesV2()
+    upgraded = EventStore(inline_store.pool, inline_store.schema, inline_projections=[newer])
+    await newer.ensure_table(upgraded)  # rebuilt: version 2 now
+    stray = {"stream_id": "by-hand", "balance_minor": 1, "version": 1, "shape": "v2"}
+    await inline_store.pool.execute(
+        f"insert into {inline_store.schema}.balances values ('by-hand', 1, 1)"
+    )
+
+    await newer.ensure_table(upgraded)
+    await balances.ensure_table(inline_store)  # a replica of the older version
+
+    assert await table_rows(upgraded, newer) == {"by-hand": stray}

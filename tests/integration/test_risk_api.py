@@ -372,6 +372,24 @@ async def test_decisions_page_with_a_cursor_until_next_is_null(
     assert pages == 3
 
 
+async def test_a_decision_is_listed_only_once_no_earlier_transaction_can_commit_before_it(
+    client: httpx.AsyncClient, host: ServiceHost
+) -> None:
+    """The list pages in commit order under the xmin rule: while a transaction that began
+    before a decision is still open, it could commit a decision before that one, so a client
+    following the list must not be shown it yet."""
+    account_id = await known_account(host)
+    store = host.runtimes["risk"].store
+    async with store.pool.acquire() as connection, connection.transaction():
+        await connection.fetchval("select pg_current_xact_id()")  # an open writer
+        decided = await assess(host, account_id, 1)
+        while_open = await client.get("/v1/risk/decisions", params={"account": account_id})
+
+    after = await client.get("/v1/risk/decisions", params={"account": account_id})
+    assert while_open.json() == {"items": [], "next": None}
+    assert [d["transfer_id"] for d in after.json()["items"]] == [decided]
+
+
 @pytest.mark.parametrize(
     "params",
     [{"cursor": "not-a-cursor"}, {"outcome": "maybe"}, {"limit": 0}, {"limit": 501},

@@ -5,6 +5,7 @@ complete/reject/fail commands, `?wait=N`, and the saga's steps."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import secrets
 import uuid
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ import orjson
 import pytest
 from nats.aio.client import Client
 
+from eventstore import NO_STREAM
 from ledger.bus import connect, event_subject
 from ledger.commands import CommandClient, CommandRefused
 from ledger.host import ServiceHost, running
@@ -32,6 +34,9 @@ from trade_service.contracts import (
     SettlementOutcome,
     SettlementStatus,
 )
+from trade_service.domain import SettlementKind
+from trade_service.domain import request_transfer as request_transfer_events
+from trade_service.events import stream_of, to_new_event
 
 PROBLEM = "application/problem+json"
 COMMAND_NAME = f"trade-{secrets.token_hex(4)}"
@@ -397,6 +402,46 @@ async def test_a_list_pages_with_its_cursor(client: httpx.AsyncClient) -> None:
         cursor = page["next"]
     assert seen == list(reversed(ids))
     assert cursor is None
+
+
+async def test_a_request_that_commits_late_is_listed_above_what_a_client_has_seen(
+    host: ServiceHost, client: httpx.AsyncClient
+) -> None:
+    """Lists page in commit order under the xmin rule: a request whose transaction is still
+    open holds back the requests that took their transaction ids after it, so a client that
+    follows the list from its top until an id it knows never passes one that commits late."""
+    shared = an_account()
+    first = (await request_transfer(client, from_account=shared))["id"]
+    late = str(uuid.uuid4())
+    [requested] = request_transfer_events(late, shared, an_account(), 100, "USD", None,
+                                          datetime.now(UTC))  # fmt: skip
+    async with host.runtimes["trade"].store.unit_of_work() as unit:
+        await unit.append(stream_of(SettlementKind.TRANSFER, late), [to_new_event(requested)],
+                          NO_STREAM)  # fmt: skip
+        later = (await request_transfer(client, from_account=shared))["id"]
+        while_open = [item["id"] for item in await listed_for(client, "/v1/transfers", shared)]
+
+    after = [item["id"] for item in await listed_for(client, "/v1/transfers", shared)]
+    assert while_open == [first]
+    assert after == [later, late, first]
+
+
+async def test_a_cursor_given_out_before_lists_paged_in_commit_order_still_pages(
+    host: ServiceHost, client: httpx.AsyncClient
+) -> None:
+    shared = an_account()
+    oldest, middle, newest = [(await request_transfer(client, from_account=shared))["id"]
+                              for _ in range(3)]  # fmt: skip
+    store = host.runtimes["trade"].store
+    position = await store.pool.fetchval(
+        f"select position from {store.schema}.settlements where transfer_id = $1", newest
+    )
+    old_cursor = base64.urlsafe_b64encode(orjson.dumps(["transfers", position])).decode()
+
+    page = await client.get("/v1/transfers", params={"account": shared, "cursor": old_cursor})
+
+    assert page.status_code == 200, page.text
+    assert [item["id"] for item in page.json()["items"]] == [middle, oldest]
 
 
 async def test_a_cursor_of_another_list_is_422(client: httpx.AsyncClient) -> None:

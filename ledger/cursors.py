@@ -1,0 +1,59 @@
+"""Opaque list cursors: `[kind, key]` as unpadded URL-safe base64 of JSON.
+
+A list that pages in commit order keys its cursors by a place `[tx_id, global_position]`
+(docs/list-order.md); cursors it gave out before then hold a bare global position.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+import orjson
+
+from eventstore import EventStore, Position
+from ledger.problems import Problem
+from ledger.validation import commit_place_of, is_position
+
+
+def encode_cursor(kind: str, after: Position) -> str:
+    """A cursor: where the next page of the list `kind` starts (after that place)."""
+    return base64.urlsafe_b64encode(orjson.dumps([kind, list(after)])).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None, kind: str) -> Position | int | None:
+    """The place a cursor of `kind` holds (None without a cursor); 422 for any other text.
+
+    A cursor from before the list paged in commit order holds a bare global position: the
+    caller finds that event's place (`EventStore.place_of`) or refuses it."""
+    if cursor is None:
+        return None
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        cursor_kind, after = orjson.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (ValueError, TypeError, binascii.Error):
+        cursor_kind, after = None, None
+    place = commit_place_of(after)
+    if cursor_kind == kind and place is not None:
+        return place
+    if cursor_kind == kind and is_position(after):
+        position: int = after
+        return position
+    raise invalid_cursor()
+
+
+async def place_after(store: EventStore, cursor: str | None, kind: str) -> Position | None:
+    """Where the next page of the list `kind` starts in `store` (None: at its beginning);
+    422 for a cursor no list gave out."""
+    after = decode_cursor(cursor, kind)
+    if not isinstance(after, int):
+        return after
+    place = await store.place_of(after)
+    if place is None:
+        raise invalid_cursor()
+    return place
+
+
+def invalid_cursor() -> Problem:
+    """The answer to a cursor that no list gave out."""
+    return Problem(422, "the cursor is not one this list gave out", code="invalid_cursor")
