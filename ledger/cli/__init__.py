@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from ledger.cli import audit, demo, operations, projections, run, sagas, tokens
+from ledger.cli import audit, demo, operations, projections, prune, run, sagas, tokens
 
 app = typer.Typer(
     help="Run, repair and audit the ledger.", no_args_is_help=True, pretty_exceptions_enable=False
@@ -15,6 +15,7 @@ app.command()(run.up)
 app.command()(run.serve)
 app.command()(operations.migrate)
 app.command()(operations.status)
+app.command()(prune.prune)
 app.add_typer(projections.app, name="projections", help="List, rebuild and verify projections.")
 app.add_typer(audit.app, name="audit", help="Verify, replay and export the audit trail.")
 app.add_typer(sagas.app, name="sagas", help="Inspect and retry sagas.")

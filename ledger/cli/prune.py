@@ -1,0 +1,124 @@
+"""`ledger prune`: delete the tracking rows that nothing can ask for again
+(docs/retention.md).
+
+- Inbox rows older than the events stream keeps a message, plus a day: no such message can
+  be delivered again.
+- Command replies older than `--command-replies-days`, and older than the start of the
+  oldest saga not yet final, less a day: only the orchestrator sends commands, and only for
+  a saga that is not final (running, compensating, or parked for an operator's retry).
+- Idempotency keys older than `--idempotency-keys-days`: a client that retries later than
+  that makes a new request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Annotated, Final
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from eventstore.retention import TrackingTable
+from eventstore.retention import prune as prune_rows
+from ledger.cli.connections import ServiceDatabase, service_databases
+from ledger.cli.failures import err, reported_failures, settings_or_exit
+from ledger.cli.operations import JsonOption
+from ledger.cli.run import DataDirOption
+from ledger.cli.target import operator_settings
+from ledger.services import available_services
+from ledger.settings import Settings
+from saga.contracts import FINAL_STATUSES
+from saga.runs import RUNS_TABLE
+
+out = Console()
+
+MARGIN: Final = timedelta(days=1)
+"""Kept beyond each rule's bound: clocks of different servers, a message in flight."""
+
+KeysDays = Annotated[float, typer.Option(
+    min=1.0, max=36_500.0, help="Keep idempotency keys this many days.")]
+RepliesDays = Annotated[float, typer.Option(
+    min=1.0, max=36_500.0, help="Keep command replies this many days at least.")]
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    """What one table of one service lost (or would lose, in a dry run)."""
+
+    service: str
+    tracking: TrackingTable
+    before: datetime
+    rows: int
+
+
+def prune(
+    idempotency_keys_days: KeysDays = 30.0,
+    command_replies_days: RepliesDays = 30.0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count; delete nothing.")] = False,
+    as_json: JsonOption = False,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Delete inbox rows, command replies and idempotency keys that nothing can ask for
+    again. Safe while the services run; each batch is its own transaction."""
+    settings = settings_or_exit()
+    with reported_failures(), operator_settings(settings, data_dir, err) as resolved:
+        pruned = asyncio.run(_prune(
+            resolved, timedelta(days=idempotency_keys_days),
+            timedelta(days=command_replies_days), dry_run,
+        ))  # fmt: skip
+    if as_json:
+        document = [{"service": each.service, "table": each.tracking.table,
+                     "before": each.before.isoformat(), "rows": each.rows, "dry_run": dry_run}
+                    for each in pruned]  # fmt: skip
+        typer.echo(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
+        return
+    title = "would prune (dry run)" if dry_run else "pruned"
+    table = Table("service", "table", "rows dated before", "rows", title=title)
+    for each in pruned:
+        table.add_row(each.service, each.tracking.table, each.before.isoformat(timespec="seconds"),
+                      str(each.rows))  # fmt: skip
+    out.print(table)
+
+
+async def _prune(
+    settings: Settings, keys_age: timedelta, replies_age: timedelta, dry_run: bool
+) -> list[Pruned]:
+    services = list(available_services().values())
+    pruned: list[Pruned] = []
+    async with service_databases(settings, services) as databases:
+        oldest_unfinished = await _oldest_unfinished_saga(databases)
+        for database in databases:
+            if not await database.applied_migrations():
+                continue  # never migrated: nothing to prune
+            now: datetime = await database.pool.fetchval("select now()")
+            replies_before = now - replies_age
+            if oldest_unfinished is not None:
+                replies_before = min(replies_before, oldest_unfinished - MARGIN)
+            cutoffs = {
+                TrackingTable.INBOX:
+                    now - timedelta(seconds=settings.events_stream_max_age_s) - MARGIN,
+                TrackingTable.COMMAND_REPLIES: replies_before,
+                TrackingTable.IDEMPOTENCY_KEYS: now - keys_age,
+            }  # fmt: skip
+            for tracking, before in cutoffs.items():
+                rows = await prune_rows(database.pool, database.schema, tracking, before,
+                                        dry_run=dry_run)  # fmt: skip
+                pruned.append(Pruned(database.name, tracking, before, rows))
+    return pruned
+
+
+async def _oldest_unfinished_saga(databases: list[ServiceDatabase]) -> datetime | None:
+    """When the oldest saga that is not final started (None: every saga is final)."""
+    saga = next(database for database in databases if database.name == "saga")
+    table = f"{saga.schema}.{RUNS_TABLE}"
+    if await saga.pool.fetchval("select to_regclass($1)", table) is None:
+        return None
+    started: datetime | None = await saga.pool.fetchval(
+        f"select min(started_at) from {table} where status <> all($1::text[])",
+        [status.value for status in FINAL_STATUSES],
+    )
+    return started

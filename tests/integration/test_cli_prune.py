@@ -1,0 +1,116 @@
+"""`ledger prune` against real PostgreSQL: each tracking table loses the rows nothing can ask
+for again, and keeps the others."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from ledger.settings import SERVICES
+from tests.integration.cli_support import Cli, cli_for
+
+
+@pytest.fixture
+async def cli(
+    database_url: str, nats_url: str, pool: asyncpg.Pool, tmp_path: Path
+) -> AsyncIterator[Cli]:
+    async with cli_for(database_url, nats_url, pool, tmp_path / "data") as made:
+        assert (await made.run("migrate")).exit_code == 0
+        yield made
+
+
+async def add_rows(pool: asyncpg.Pool, schema: str, days_old: list[float]) -> None:
+    """One row in each tracking table per age given (in days before now)."""
+    for age in days_old:
+        at = f"now() - interval '{age} days'"
+        await pool.execute(
+            f"insert into {schema}.inbox (consumer, message_id, handled_at)"
+            f" values ('c', $1, {at})", f"{age}",
+        )  # fmt: skip
+        await pool.execute(
+            f"insert into {schema}.command_replies (command_id, endpoint, reply, recorded_at)"
+            f" values ($1, 'e', '{{}}', {at})", uuid.uuid4(),
+        )  # fmt: skip
+        await pool.execute(
+            f"insert into {schema}.idempotency_keys"
+            " (scope, key, fingerprint, status_code, response, recorded_at)"
+            f" values ('s', $1, 'f', 200, '{{}}', {at})", f"{age}",
+        )  # fmt: skip
+
+
+async def ages(pool: asyncpg.Pool, schema: str) -> dict[str, list[int]]:
+    """The rows left in each tracking table, by age in whole days."""
+    found = {}
+    for table, column in (("inbox", "handled_at"), ("command_replies", "recorded_at"),
+                          ("idempotency_keys", "recorded_at")):  # fmt: skip
+        rows = await pool.fetch(
+            f"select extract(day from now() - {column})::int as age from {schema}.{table}"
+            " order by 1"
+        )
+        found[table] = [row["age"] for row in rows]
+    return found
+
+
+async def start_saga(pool: asyncpg.Pool, schema: str, status: str, days_old: float) -> None:
+    await pool.execute(
+        f"insert into {schema}.saga_runs (saga_id, kind, status, version, started_at,"
+        f" updated_at) values ($1, 'transfer', $2, 1, now() - interval '{days_old} days',"
+        " now())", str(uuid.uuid4()), status,
+    )  # fmt: skip
+
+
+async def test_prune_keeps_what_can_still_be_asked_for_in_every_service(
+    cli: Cli, pool: asyncpg.Pool
+) -> None:
+    for service in SERVICES:
+        await add_rows(pool, cli.settings.schema_for(service), [5, 20, 29.5, 32, 45])
+    await start_saga(pool, cli.settings.schema_for("saga"), "completed", 400)
+
+    result = await cli.run("prune", "--idempotency-keys-days", "10")
+
+    assert result.exit_code == 0, result.output
+    for service in SERVICES:
+        # inbox: the stream keeps a message 30 days, plus a day's margin
+        # command replies: 30 days (no saga is unfinished); idempotency keys: 10 days
+        assert await ages(pool, cli.settings.schema_for(service)) == {
+            "inbox": [5, 20, 29], "command_replies": [5, 20, 29], "idempotency_keys": [5],
+        }
+
+
+async def test_command_replies_since_the_oldest_unfinished_saga_began_are_kept(
+    cli: Cli, pool: asyncpg.Pool
+) -> None:
+    account = cli.settings.schema_for("account")
+    await add_rows(pool, account, [40, 58, 62, 90])
+    saga = cli.settings.schema_for("saga")
+    await start_saga(pool, saga, "completed", 100)
+    await start_saga(pool, saga, "requires_intervention", 60)  # parked: may be retried
+
+    result = await cli.run("prune")
+
+    assert result.exit_code == 0, result.output
+    assert (await ages(pool, account))["command_replies"] == [40, 58]  # the day's margin
+
+
+async def test_a_dry_run_counts_and_deletes_nothing(cli: Cli, pool: asyncpg.Pool) -> None:
+    account = cli.settings.schema_for("account")
+    await add_rows(pool, account, [5, 45, 50])
+    before = await ages(pool, account)
+
+    counted = await cli.json("prune", "--dry-run")
+
+    assert await ages(pool, account) == before
+    assert {row["table"]: row["rows"] for row in counted if row["service"] == "account"} == {
+        "inbox": 2, "command_replies": 2, "idempotency_keys": 2,
+    }
+    assert all(row["dry_run"] for row in counted)
+
+
+async def test_a_keys_age_below_a_day_is_refused_with_exit_2(cli: Cli) -> None:
+    result = await cli.run("prune", "--idempotency-keys-days", "0.5")
+
+    assert result.exit_code == 2
