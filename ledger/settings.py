@@ -11,6 +11,7 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     SecretStr,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -158,7 +159,8 @@ class Settings(BaseSettings):
         Annotated[str, Field(pattern=r"^[A-Z][A-Z0-9]{1,11}$")], Annotated[int, Field(ge=0, le=18)]
     ] = Field(
         default_factory=dict,
-        description='Assets beyond the default currencies, with their decimals: {"ACME": 0}.',
+        description='Assets beyond the default currencies, with their decimals: {"ACME": 0}.'
+        " A default currency may be named only with its own scale.",
     )
     max_amount_minor: int = Field(
         default=DEFAULT_MAX_AMOUNT_MINOR, gt=0, le=10**18,
@@ -234,6 +236,20 @@ class Settings(BaseSettings):
     shutdown_grace_s: PositiveFloat = 10.0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = True
+
+    @field_validator("instrument_scales")
+    @classmethod
+    def _keeps_the_currencies_scales(cls, scales: dict[str, int]) -> dict[str, int]:
+        """Refuse a default currency given another scale: its stored amounts are integers
+        of its minor units, so a new scale would silently multiply or divide every balance,
+        hold and limit already recorded in it (found in review)."""
+        rescaled = [f"{code} has {DEFAULT_SCALES[code]} decimals, not {scale}"
+                    for code, scale in sorted(scales.items())
+                    if code in DEFAULT_SCALES and DEFAULT_SCALES[code] != scale]  # fmt: skip
+        if rescaled:
+            raise ValueError("LEDGER_INSTRUMENT_SCALES may not change the scale of a default"
+                             f" currency: {'; '.join(rescaled)}")
+        return scales
 
     @model_validator(mode="after")
     def _timings_are_consistent(self) -> Self:

@@ -40,3 +40,15 @@ def test_the_default_timings_are_consistent() -> None:
     settings = Settings()
 
     assert settings.saga_lease_s > settings.saga_step_timeout_s
+
+
+def test_an_instrument_scale_that_changes_a_default_currencys_is_refused() -> None:
+    # USD amounts are stored in cents: a scale of 0 would make every balance 100 times larger.
+    with pytest.raises(pydantic.ValidationError, match="USD has 2 decimals, not 0"):
+        Settings(instrument_scales={"ACME": 0, "USD": 0})
+
+
+def test_an_instrument_scale_may_name_a_default_currency_with_its_own_scale() -> None:
+    settings = Settings(instrument_scales={"ACME": 0, "BTC": 8})
+
+    assert settings.assets().scales["BTC"] == 8
