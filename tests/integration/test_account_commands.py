@@ -188,6 +188,10 @@ async def test_reserve_refused_on_one_leg_leaves_no_hold_on_any(
     assert refused.code == again.code == "insufficient_funds"
     assert refused.details == {"account_id": "c", "leg_id": "asset", "needed_minor": 11,
                                "available_minor": 10}
+    # The message reaches the transfer's detail, which the payee reads: no balance in it.
+    assert refused.message == (
+        "account c has less available (overdraft included) than the 11 minor units needed"
+    )
     for account_id in ("a", "b", "c"):
         assert "HoldPlaced" not in await event_types(accounts, account_id)
 
