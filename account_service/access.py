@@ -14,7 +14,7 @@ from typing import Annotated
 from fastapi import Depends, Path
 
 from account_service import queries
-from account_service.domain import AccountNotFound
+from account_service.errors import AccountNotFound
 from account_service.views import ID_PATTERN
 from eventstore import EventStore
 from ledger.auth import CurrentPrincipal, require_acts_for

@@ -20,7 +20,8 @@ from fastapi.routing import APIRoute
 from account_service import domain, queries, repository
 from account_service.access import ReadableAccountId, WritableAccountId
 from account_service.contracts import AccountEvent
-from account_service.domain import AccountError, AccountState, InsufficientFunds, Status
+from account_service.domain import AccountState, Status
+from account_service.errors import AccountError, InsufficientFunds
 from account_service.projections import state_from_row
 from account_service.views import (
     ID_PATTERN,

@@ -30,17 +30,14 @@ from account_service.contracts import (
     VoidLegs,
     hold_id,
 )
-from account_service.domain import (
+from account_service.domain import AccountState, EndedHolds, HoldStatus, fold
+from account_service.errors import (
     AccountError,
     AccountNotFound,
-    AccountState,
-    EndedHolds,
     HoldConflict,
     HoldEnded,
     HoldNotOpen,
-    HoldStatus,
     InsufficientFunds,
-    fold,
 )
 from account_service.events import to_new_event
 from eventstore import NewEvent, UnitOfWork

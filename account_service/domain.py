@@ -1,7 +1,8 @@
 """The account: its state as a fold of its events, and the rules that decide new events.
 
 Pure: no I/O. Each decision takes the state and a request and returns the events that
-follow, or raises a named error a person can act on (DESIGN 3, STYLE 1, 15).
+follow, or raises a named error a person can act on (`account_service.errors`; DESIGN 3,
+STYLE 1, 15).
 """
 
 from __future__ import annotations
@@ -26,6 +27,22 @@ from account_service.contracts import (
     HoldVoided,
     MovementKind,
     Withdrawn,
+)
+from account_service.errors import (
+    AccountAlreadyExists,
+    AccountClosedError,
+    AccountFrozenError,
+    BalanceLimitExceeded,
+    CannotClose,
+    CurrencyMismatch,
+    HoldAlreadyPosted,
+    HoldAlreadyVoided,
+    HoldConflict,
+    HoldEnded,
+    HoldNotFound,
+    InsufficientFunds,
+    InvalidAmount,
+    TooManyHolds,
 )
 
 MAX_OPEN_HOLDS: Final = 10_000
@@ -55,133 +72,6 @@ EndedHolds: TypeAlias = Mapping[str, HoldStatus]
 The state keeps only open holds, so that it stays bounded; the adapter looks up how the
 others ended (the holds read model) and passes it in.
 """
-
-
-class AccountError(Exception):
-    """A request the account refuses; `code` is machine-readable."""
-
-    code = "refused"
-
-
-class AccountNotFound(AccountError):
-    code = "unknown_account"
-
-    def __init__(self, account_id: str) -> None:
-        super().__init__(f"account {account_id} does not exist")
-
-
-class AccountAlreadyExists(AccountError):
-    code = "account_exists"
-
-    def __init__(self, account_id: str) -> None:
-        super().__init__(f"account {account_id} already exists")
-
-
-class AccountFrozenError(AccountError):
-    code = "account_frozen"
-
-    def __init__(self, account_id: str) -> None:
-        super().__init__(f"account {account_id} is frozen: no new debits or credits")
-
-
-class AccountClosedError(AccountError):
-    code = "account_closed"
-
-    def __init__(self, account_id: str) -> None:
-        super().__init__(f"account {account_id} is closed")
-
-
-class InsufficientFunds(AccountError):
-    code = "insufficient_funds"
-
-    def __init__(self, account_id: str, needed_minor: int, available_minor: int) -> None:
-        super().__init__(
-            f"account {account_id} has {available_minor} minor units available"
-            f" (overdraft included), {needed_minor} needed"
-        )
-        self.needed_minor = needed_minor
-        self.available_minor = available_minor
-
-
-class CurrencyMismatch(AccountError):
-    code = "currency_mismatch"
-
-    def __init__(self, account_id: str, account_currency: str, currency: str) -> None:
-        super().__init__(f"account {account_id} holds {account_currency}, not {currency}")
-
-
-class CannotClose(AccountError):
-    code = "cannot_close"
-
-
-class HoldNotOpen(AccountError):
-    """The hold cannot be posted or voided: it was never placed, or it ended otherwise."""
-
-    code = "hold_not_open"
-    what = "is not open"
-
-    def __init__(self, account_id: str, hold_id: str) -> None:
-        super().__init__(f"hold {hold_id} on account {account_id} {self.what}")
-        self.hold_id = hold_id
-
-
-class HoldNotFound(HoldNotOpen):
-    code = "hold_not_found"
-    what = "was never placed"
-
-
-class HoldAlreadyVoided(HoldNotOpen):
-    code = "hold_voided"
-    what = "was voided (or cancelled before it was placed) and cannot be posted"
-
-
-class HoldAlreadyPosted(HoldNotOpen):
-    code = "hold_posted"
-    what = "was posted: money is never unposted"
-
-
-class HoldEnded(AccountError):
-    """A hold id that was posted, voided or cancelled is never placed again (DESIGN 3)."""
-
-    code = "hold_ended"
-
-    def __init__(self, account_id: str, hold_id: str, status: HoldStatus) -> None:
-        super().__init__(
-            f"hold {hold_id} on account {account_id} has ended ({status.value}):"
-            " a hold is placed once and ends once"
-        )
-        self.hold_id = hold_id
-        self.status = status
-
-
-class TooManyHolds(AccountError):
-    code = "too_many_holds"
-
-
-class HoldConflict(AccountError):
-    """A hold id already open with another side, amount, transfer or kind: a caller's bug."""
-
-    code = "hold_conflict"
-
-    def __init__(self, account_id: str, hold_id: str) -> None:
-        super().__init__(
-            f"account {account_id} already has an open hold {hold_id} with other terms"
-        )
-        self.hold_id = hold_id
-
-
-class InvalidAmount(AccountError):
-    code = "invalid_amount"
-
-
-class BalanceLimitExceeded(AccountError):
-    code = "balance_limit"
-
-    def __init__(self, account_id: str) -> None:
-        super().__init__(
-            f"account {account_id} would exceed the largest balance of {MAX_BALANCE_MINOR}"
-            " minor units"
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,7 +258,7 @@ def _require_positive(amount_minor: int) -> None:
 
 def _require_room(state: AccountState, amount_minor: int) -> None:
     if state.posted_minor + state.pending_credits_minor + amount_minor > MAX_BALANCE_MINOR:
-        raise BalanceLimitExceeded(state.account_id)
+        raise BalanceLimitExceeded(state.account_id, MAX_BALANCE_MINOR)
 
 
 def _require_funds(state: AccountState, amount_minor: int) -> None:

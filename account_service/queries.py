@@ -6,7 +6,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Final
 
-from account_service.domain import AccountNotFound, AccountState, evolve
+from account_service.domain import AccountState, evolve
+from account_service.errors import AccountNotFound
 from account_service.events import from_recorded, stream_of
 from account_service.projections import BALANCE_COLUMNS
 from eventstore import EventStore, RecordedEvent, StreamNotFound

@@ -12,7 +12,8 @@ import orjson
 
 import eventstore
 from account_service.contracts import AccountEvent
-from account_service.domain import AccountNotFound, AccountState, fold
+from account_service.domain import AccountState, fold
+from account_service.errors import AccountNotFound
 from account_service.events import account_id_of, decode, stream_of, to_new_event
 from account_service.projections import BALANCE_COLUMNS, state_from_row
 from eventstore import NO_STREAM, Append, EventStore, NewEvent, RecordedEvent, UnitOfWork

@@ -14,7 +14,8 @@ from typing import Annotated, Any, Final
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from account_service.domain import AccountError, AccountState, InsufficientFunds
+from account_service.domain import AccountState
+from account_service.errors import AccountError, InsufficientFunds
 from eventstore import RecordedEvent
 from ledger.money import AmountError, Assets
 from ledger.problems import Problem

@@ -24,7 +24,8 @@ from account_service.contracts import (
     HoldVoided,
     Withdrawn,
 )
-from account_service.domain import AccountNotFound, AccountState, evolve
+from account_service.domain import AccountState, evolve
+from account_service.errors import AccountNotFound
 from account_service.events import from_recorded, stream_of
 from eventstore import EventStore, RecordedEvent, StreamNotFound
 

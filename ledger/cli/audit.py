@@ -28,7 +28,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from account_service.domain import AccountNotFound
+from account_service.errors import AccountNotFound
 from ledger.auditing import (
     AuditStores,
     PeriodNotOver,

@@ -26,7 +26,8 @@ from account_service.contracts import (
     HoldVoided,
     MovementKind,
 )
-from account_service.domain import AccountError, AccountState, Hold, HoldStatus
+from account_service.domain import AccountState, Hold, HoldStatus
+from account_service.errors import AccountError
 from account_service.events import stream_of
 from account_service.holds import HoldsProjection
 from account_service.projections import BalancesProjection, EntriesProjection

@@ -23,23 +23,10 @@ from account_service.contracts import (
 )
 from account_service.domain import (
     MAX_BALANCE_MINOR,
-    AccountAlreadyExists,
-    AccountClosedError,
-    AccountFrozenError,
     AccountState,
-    BalanceLimitExceeded,
-    CannotClose,
-    CurrencyMismatch,
     EndedHolds,
     Hold,
-    HoldAlreadyPosted,
-    HoldAlreadyVoided,
-    HoldConflict,
-    HoldEnded,
-    HoldNotFound,
     HoldStatus,
-    InsufficientFunds,
-    InvalidAmount,
     Status,
     close,
     deposit,
@@ -52,6 +39,21 @@ from account_service.domain import (
     unfreeze,
     void_hold,
     withdraw,
+)
+from account_service.errors import (
+    AccountAlreadyExists,
+    AccountClosedError,
+    AccountFrozenError,
+    BalanceLimitExceeded,
+    CannotClose,
+    CurrencyMismatch,
+    HoldAlreadyPosted,
+    HoldAlreadyVoided,
+    HoldConflict,
+    HoldEnded,
+    HoldNotFound,
+    InsufficientFunds,
+    InvalidAmount,
 )
 
 NOTHING_ENDED: EndedHolds = {}

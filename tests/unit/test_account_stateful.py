@@ -14,11 +14,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from account_service.contracts import AccountEvent, EntryKind, HoldSide
 from account_service.domain import (
-    AccountError,
     AccountState,
     Hold,
-    HoldEnded,
-    HoldNotOpen,
     HoldStatus,
     Status,
     close,
@@ -33,6 +30,7 @@ from account_service.domain import (
     void_hold,
     withdraw,
 )
+from account_service.errors import AccountError, HoldEnded, HoldNotOpen
 
 amounts = st.integers(min_value=1, max_value=1_000)
 hold_ids = st.sampled_from([f"t{i}:l1:{side}" for i in range(8) for side in ("debit", "credit")])
