@@ -7,9 +7,10 @@
 
 from saga.app import SagaService
 from saga.contracts import SagaStatus
+from saga.decisions import RetryPolicy, after_outcome, next_action
 from saga.definition import SETTLE_LEGS, Participants, SagaDefinition, Step
 from saga.orchestrator import Orchestrator
-from saga.state import RetryPolicy, SagaState, after_outcome, fold, next_action
+from saga.state import SagaState, fold
 
 __all__ = [
     "SETTLE_LEGS",

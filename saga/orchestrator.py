@@ -29,10 +29,7 @@ from ledger.settings import Settings
 from saga import log, runs
 from saga.clock import utc_now
 from saga.contracts import SagaEvent
-from saga.definition import SETTLE_LEGS, Participants, SagaDefinition
-from saga.recorder import LeaseLost, SagaRecorder
-from saga.starter import SagaStarter
-from saga.state import (
+from saga.decisions import (
     Action,
     Idle,
     Outcome,
@@ -40,14 +37,16 @@ from saga.state import (
     Refused,
     Replied,
     RetryPolicy,
-    SagaState,
     Send,
     Unanswered,
     Wait,
     after_outcome,
-    evolve_all,
     next_action,
 )
+from saga.definition import SETTLE_LEGS, Participants, SagaDefinition
+from saga.recorder import LeaseLost, SagaRecorder
+from saga.starter import SagaStarter
+from saga.state import SagaState, evolve_all
 from trade_service.contracts import TradeRequested, TransferRequested
 
 _log = logging.getLogger(__name__)

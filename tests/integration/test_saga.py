@@ -30,7 +30,7 @@ from ledger.settings import Settings
 from risk_service.contracts import Assess, Decision, Movement
 from saga import Orchestrator, Participants, SagaService
 from saga.clock import DatabaseClock
-from saga.state import Action
+from saga.decisions import Action
 from tests.integration.authorized import authorized_client
 from tests.integration.renamed_services import RenamedAccount, RenamedRisk
 from trade_service.contracts import (

@@ -39,8 +39,9 @@ from ledger.http import create_app
 from ledger.settings import Settings
 from saga import Orchestrator, Participants, SagaService
 from saga.contracts import SagaEvent, StepSucceeded, stream_of
+from saga.decisions import Outcome, Send
 from saga.definition import command_id
-from saga.state import Outcome, SagaState, Send
+from saga.state import SagaState
 from tests.integration.authorized import authorized_client
 from tests.integration.renamed_services import RenamedRisk
 from tests.integration.test_saga import account, funded_account, known_to_risk, until

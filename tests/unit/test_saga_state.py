@@ -23,23 +23,21 @@ from saga.contracts import (
     StepStarted,
     StepSucceeded,
 )
-from saga.definition import SETTLE_LEGS, command_id
-from saga.state import (
+from saga.decisions import (
     Idle,
     Outcome,
     Record,
     Refused,
     Replied,
     RetryPolicy,
-    SagaState,
     Send,
     Unanswered,
     Wait,
     after_outcome,
-    evolve,
-    fold,
     next_action,
 )
+from saga.definition import SETTLE_LEGS, command_id
+from saga.state import SagaState, evolve, fold
 from trade_service.contracts import SettlementLeg
 
 NOW = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
