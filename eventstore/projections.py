@@ -72,7 +72,11 @@ class Projection(ABC):
 
     async def ensure_table(self, store: EventStore) -> None:
         """Create the live table if it does not exist yet, and rebuild it if an older version
-        of this projection made it. One instance does either while the others wait."""
+        of this projection made it. One instance does either while the others wait.
+
+        An inline projection must be among `store.inline_projections`: a rebuild replays an
+        inline projection's table up to the store's head, an async one's up to its
+        subscription's checkpoint."""
         table = f"{store.schema}.{self.table}"
         with translated_errors():
             async with store.pool.acquire() as connection, connection.transaction():

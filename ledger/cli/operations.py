@@ -60,8 +60,9 @@ async def _migrate(
         for database in databases:
             async with database.pool.acquire() as connection:
                 ran = await migrate_schema(connection, database.schema)
-            store = EventStore(database.pool, database.schema)
-            for projection in database.service.inline_projections():
+            store = EventStore(database.pool, database.schema,
+                               inline_projections=database.service.inline_projections())
+            for projection in store.inline_projections:  # a rebuild must know them inline
                 await projection.ensure_table(store)
             versions = await database.applied_migrations()
             applied.append((database, [m.version for m in ran], max(versions)))

@@ -19,6 +19,9 @@ from ledger.settings import SERVICES
 from risk_service.app import RiskService
 from saga.runs import SagaRunsProjection
 from tests.integration.cli_support import Cli, cli_for, one_error_line
+from trade_service.domain import SettlementKind, request_transfer
+from trade_service.events import stream_of, to_new_event
+from trade_service.projections import SettlementsProjection
 
 LATEST = len(load_migrations())
 
@@ -55,6 +58,33 @@ async def test_migrate_brings_every_service_schema_up_and_a_second_run_applies_n
     assert again.exit_code == 0, again.output
     assert again.stdout.count("none") == len(SERVICES)
     assert await applied(pool, cli.settings.schema_for("saga")) == list(range(1, LATEST + 1))
+
+
+async def test_migrate_rebuilds_a_read_model_an_older_version_made_and_keeps_its_rows(
+    cli: Cli, pool: asyncpg.Pool, database_url: str
+) -> None:
+    assert (await cli.run("migrate")).exit_code == 0
+    schema = cli.settings.schema_for("trade")
+    store = await EventStore.open(database_url, schema,
+                                  inline_projections=[SettlementsProjection()])  # fmt: skip
+    try:
+        transfer_id = str(uuid.uuid4())
+        [requested] = request_transfer(transfer_id, "payer", "payee", 100, "USD", None,
+                                       datetime.now(UTC))  # fmt: skip
+        await store.append(stream_of(SettlementKind.TRANSFER, transfer_id),
+                           [to_new_event(requested)], NO_STREAM)  # fmt: skip
+    finally:
+        await store.close()
+    # The table as version 1 of the projection left it: no tx_id, no version noted.
+    await pool.execute(f"alter table {schema}.settlements drop column tx_id;"
+                       f" comment on table {schema}.settlements is null")  # fmt: skip
+
+    result = await cli.run("migrate", "--service", "trade")
+
+    assert result.exit_code == 0, result.output
+    rows = await pool.fetch(f"select transfer_id, tx_id from {schema}.settlements")
+    assert [row["transfer_id"] for row in rows] == [transfer_id]
+    assert rows[0]["tx_id"] is not None
 
 
 async def test_migrate_one_service_touches_no_other_schema(cli: Cli, pool: asyncpg.Pool) -> None:
