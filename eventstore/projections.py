@@ -32,6 +32,10 @@ _VERSION_NOTE: Final = "ledger projection, version "
 
 LOCK_TIMEOUT_MS: Final = 10_000
 """How long the final catch-up waits for the live table's lock before giving up."""
+_MAX_NAME_BYTES: Final = 63
+"""PostgreSQL's longest identifier: a longer one is cut to this, with only a notice."""
+_SHADOW_SUFFIX: Final = "__shadow"
+_RETIRED_SUFFIX: Final = "__retired"
 
 Progress = Callable[[int], None]
 
@@ -152,11 +156,15 @@ async def rebuild(
     verify: bool = False,
     progress: Progress | None = None,
 ) -> RebuildReport:
-    """Replay every event into a shadow table, then swap it in or, with `verify`, compare it."""
+    """Replay every event into a shadow table, then swap it in or, with `verify`, compare it.
+
+    Raises EventStoreError when the table's name leaves no room for the shadow's suffix.
+    """
+    _check_room_for_suffixes(projection)
     started = time.perf_counter()
     report = RebuildReport(projection.name)
     live = f"{store.schema}.{projection.table}"
-    shadow = f"{store.schema}.{projection.table}__shadow"
+    shadow = f"{store.schema}.{projection.table}{_SHADOW_SUFFIX}"
     is_inline = projection in store.inline_projections
     with translated_errors():
         async with store.pool.acquire() as connection, _rebuilding(connection, store, projection):
@@ -203,6 +211,17 @@ async def _version_of(connection: Connection, table: str) -> int:
         return int(note.removeprefix(_VERSION_NOTE))
     except ValueError:
         return 1
+
+
+def _check_room_for_suffixes(projection: Projection) -> None:
+    """Refuse a table whose shadow or retired name PostgreSQL would cut: cut to 63 bytes, the
+    shadow's name could be the live table's own, which the rebuild begins by dropping."""
+    for suffix in (_SHADOW_SUFFIX, _RETIRED_SUFFIX):
+        if len((projection.table + suffix).encode()) > _MAX_NAME_BYTES:
+            raise EventStoreError(
+                f"projection {projection.name}: table name {projection.table!r} is too long to"
+                f" rebuild; with {suffix!r} it must fit in {_MAX_NAME_BYTES} bytes"
+            )
 
 
 async def _replay_unlocked(
@@ -305,12 +324,38 @@ async def _swap(
     position: Position,
     is_inline: bool,
 ) -> None:
-    retired = f"{projection.table}__retired"
+    retired = f"{projection.table}{_RETIRED_SUFFIX}"
+    await _keep_owner_and_grants(connection, live, shadow)
     await connection.execute(f"alter table if exists {live} rename to {retired}")
     await connection.execute(f"alter table {shadow} rename to {projection.table}")
     await connection.execute(f"drop table if exists {store.schema}.{retired}")
     if not is_inline:
         await subscriptions.save_checkpoint(connection, store.schema, projection.name, position)
+
+
+async def _keep_owner_and_grants(connection: Connection, live: str, shadow: str) -> None:
+    """Give the shadow the live table's grants and owner, which belong to the table, not to
+    its name: the services' roles keep reading and writing the table swapped in."""
+    grants = await connection.fetch(
+        "select format('grant %s on table %s to %s%s', a.privilege_type, $2::text,"
+        "   case when a.grantee = 0 then 'public' else a.grantee::regrole::text end,"
+        "   case when a.is_grantable then ' with grant option' else '' end)"
+        "  from pg_class c cross join lateral aclexplode(c.relacl) as a"
+        " where c.oid = to_regclass($1) and a.grantee <> c.relowner",
+        live,
+        shadow,
+    )
+    # Granted while this role owns the shadow; the owner goes last.
+    for (grant,) in grants:
+        await connection.execute(grant)
+    owner = await connection.fetchval(
+        "select l.relowner::regrole::text from pg_class l, pg_class s"
+        " where l.oid = to_regclass($1) and s.oid = $2::regclass and l.relowner <> s.relowner",
+        live,
+        shadow,
+    )
+    if owner is not None:
+        await connection.execute(f"alter table {shadow} owner to {owner}")
 
 
 async def _differences(

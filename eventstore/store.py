@@ -30,7 +30,7 @@ from eventstore.events import (
 from eventstore.hashing import canonical_json, event_body
 from eventstore.migrations import check_schema_name, migrate
 from eventstore.snapshots import Snapshot, load_snapshot, save_snapshot
-from eventstore.upcasting import Upcasters
+from eventstore.upcasting import Upcasters, check_schema_version
 
 if TYPE_CHECKING:
     from eventstore.projections import Projection
@@ -379,6 +379,11 @@ def _check_append(stream_id: str, events: Sequence[NewEvent], expected_version: 
     for event in events:
         if not _EVENT_TYPE.match(event.event_type):
             raise InvalidEvent(f"event type {event.event_type!r} must match {_EVENT_TYPE.pattern}")
+        # Reads hand both back as dicts and take the metadata's schema version as the shape:
+        # an append they could not read back would stop every reader at it.
+        if not (isinstance(event.data, dict) and isinstance(event.metadata, dict)):
+            raise InvalidEvent(f"{event.event_type}: data and metadata must be JSON objects")
+        check_schema_version(event.metadata)
     if len({event.event_id for event in events}) != len(events):
         raise InvalidEvent("an append carries the same event id twice")
 

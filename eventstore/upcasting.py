@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
-from eventstore.events import RecordedEvent
+from eventstore.errors import InvalidEvent
+from eventstore.events import JsonObject, RecordedEvent
 
 SCHEMA_VERSION_KEY: Final = "schema_version"
 _MAX_STEPS: Final = 1000
@@ -23,6 +24,16 @@ def schema_version_of(metadata: dict[str, Any]) -> int:
     version = metadata.get(SCHEMA_VERSION_KEY, 1)
     assert isinstance(version, int), "schema_version must be an integer"
     return version
+
+
+def check_schema_version(metadata: JsonObject) -> None:
+    """Raise InvalidEvent unless the schema version in `metadata`, if any, is a positive
+    integer: every read of the event takes it as the event's shape (`schema_version_of`)."""
+    version = metadata.get(SCHEMA_VERSION_KEY, 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise InvalidEvent(
+            f"metadata {SCHEMA_VERSION_KEY!r} must be a positive integer, not {version!r}"
+        )
 
 
 class Upcasters:

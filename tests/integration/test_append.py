@@ -94,6 +94,20 @@ async def test_repeating_an_append_returns_the_first_result(store: EventStore) -
     assert await store.stream_version("account-1") == 2
 
 
+async def test_repeating_an_append_at_the_version_it_made_returns_the_first_result(
+    store: EventStore,
+) -> None:
+    # A retry that read the stream's version again, its first try having committed unseen.
+    events = [opened(), deposited(7)]
+    first = await store.append("account-1", events, NO_STREAM)
+
+    again = await store.append("account-1", events, first.version)
+
+    assert again.is_duplicate
+    assert again.events == first.events
+    assert await store.stream_version("account-1") == 2
+
+
 async def test_repeating_part_of_an_append_is_refused(store: EventStore) -> None:
     first = opened()
     await store.append("account-1", [first], NO_STREAM)
@@ -122,6 +136,11 @@ async def test_an_event_id_cannot_move_to_another_stream(store: EventStore) -> N
         ("account 1", [opened()], ANY),
         ("account-1", [opened()], -3),
         ("account-1", [NewEvent("Deposited", {"note": "nul\x00"})], ANY),
+        ("account-1", [NewEvent("Deposited", ["ab", "cd"])], ANY),  # type: ignore[arg-type]
+        ("account-1", [NewEvent("Deposited", {}, ["ab"])], ANY),  # type: ignore[arg-type]
+        ("account-1", [NewEvent("Deposited", {}, {"schema_version": "2"})], ANY),
+        ("account-1", [NewEvent("Deposited", {}, {"schema_version": True})], ANY),
+        ("account-1", [NewEvent("Deposited", {}, {"schema_version": 0})], ANY),
     ],
 )
 async def test_malformed_appends_are_refused_and_write_nothing(

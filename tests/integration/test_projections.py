@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -12,6 +14,7 @@ from eventstore import (
     NO_STREAM,
     ConcurrencyError,
     EventStore,
+    EventStoreError,
     NewEvent,
     Projection,
     RecordedEvent,
@@ -163,6 +166,43 @@ async def test_rebuild_swaps_in_a_table_equal_to_the_live_one(
     assert report.differences == []
     assert await table_rows(inline_store, balances) == live
     assert live == fold(await all_events(inline_store))
+
+
+@pytest.fixture
+async def roles(pool: asyncpg.Pool) -> AsyncIterator[tuple[str, str]]:
+    """Two roles of this test's own (an owner and a reader), dropped with their grants."""
+    names = (f"test_owner_{uuid.uuid4().hex[:12]}", f"test_reader_{uuid.uuid4().hex[:12]}")
+    for name in names:
+        await pool.execute(f"create role {name}")
+    yield names
+    for name in names:
+        await pool.execute(f"drop owned by {name}")
+        await pool.execute(f"drop role {name}")
+
+
+async def test_a_swapped_in_table_keeps_the_live_table_s_owner_and_grants(
+    inline_store: EventStore, balances: Balances, roles: tuple[str, str]
+) -> None:
+    # Given a live table owned by a service's role, which lets another role read it,
+    owner, reader = roles
+    await append_history(inline_store)
+    table = f"{inline_store.schema}.{balances.table}"
+    await inline_store.pool.execute(f"alter table {table} owner to {owner}")
+    await inline_store.pool.execute(f"grant select on {table} to {reader}")
+    live = await table_rows(inline_store, balances)
+
+    # when it is rebuilt (by another role: here the tests' superuser),
+    await rebuild(inline_store, balances)
+
+    # then the table swapped in has the same owner and grants.
+    assert await inline_store.pool.fetchval(
+        "select relowner::regrole::text from pg_class where oid = $1::regclass", table
+    ) == owner
+    privileges = (
+        "select has_table_privilege($1, $2, 'select'), has_table_privilege($1, $2, 'insert')"
+    )
+    assert tuple(await inline_store.pool.fetchrow(privileges, reader, table)) == (True, False)
+    assert await table_rows(inline_store, balances) == live
 
 
 async def test_a_rebuilt_inline_table_keeps_following_appends(
@@ -377,3 +417,32 @@ async def test_a_table_of_this_version_or_a_newer_one_is_left_as_it_is(
     await balances.ensure_table(inline_store)  # a replica of the older version
 
     assert await table_rows(upgraded, newer) == {"by-hand": stray}
+
+
+class LongNamedBalances(Balances):
+    """Balances in a table whose name is as long as PostgreSQL allows (63 bytes)."""
+
+    name = "long_named_balances"
+    table = "balances_" + "x" * 54
+
+
+@pytest.mark.parametrize("verify", [False, True])
+async def test_a_rebuild_refuses_a_table_whose_shadow_name_postgresql_would_cut(
+    pool: asyncpg.Pool, schema: str, verify: bool
+) -> None:
+    # Given an inline projection whose table name leaves no room for "__shadow" (PostgreSQL
+    # cuts a longer name to 63 bytes, so the shadow's name would be the live table's),
+    projection = LongNamedBalances()
+    store = EventStore(pool, schema, inline_projections=[projection])
+    await store.migrate()
+    await projection.ensure_table(store)
+    await append_history(store)
+    live = await table_rows(store, projection)
+
+    # when it is rebuilt or verified,
+    with pytest.raises(EventStoreError, match="too long"):
+        await rebuild(store, projection, verify=verify)
+
+    # then the rebuild is refused before it touches anything: the live table is as it was.
+    assert live == fold(await all_events(store))
+    assert await table_rows(store, projection) == live

@@ -12,6 +12,7 @@ import pytest
 from eventstore import (
     NO_STREAM,
     EventStore,
+    InvalidEvent,
     NewEvent,
     RecordedEvent,
     Subscription,
@@ -118,6 +119,18 @@ async def test_a_subscription_receives_the_newest_shape(upcasting_store: EventSt
     await Subscription(upcasting_store, "upcast", handle, category="account").catch_up()
 
     assert shapes(delivered) == NEWEST_SHAPES
+
+
+async def test_an_event_whose_schema_version_reads_cannot_take_is_refused_at_append(
+    upcasting_store: EventStore,
+) -> None:
+    # A schema version that is not a positive integer would stop every read at the event.
+    with pytest.raises(InvalidEvent, match="schema_version"):
+        await upcasting_store.append(
+            "account-1", [NewEvent("Deposited", NEWEST, {"schema_version": "3"})], 3
+        )
+
+    assert shapes(await upcasting_store.read_category("account")) == NEWEST_SHAPES
 
 
 async def test_upcasting_leaves_the_stored_rows_unchanged(upcasting_store: EventStore) -> None:
