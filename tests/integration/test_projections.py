@@ -201,7 +201,9 @@ async def test_a_swapped_in_table_keeps_the_live_table_s_owner_and_grants(
     privileges = (
         "select has_table_privilege($1, $2, 'select'), has_table_privilege($1, $2, 'insert')"
     )
-    assert tuple(await inline_store.pool.fetchrow(privileges, reader, table)) == (True, False)
+    granted = await inline_store.pool.fetchrow(privileges, reader, table)
+    assert granted is not None
+    assert tuple(granted) == (True, False)
     assert await table_rows(inline_store, balances) == live
 
 
