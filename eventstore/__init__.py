@@ -9,6 +9,7 @@ Everything else a service needs (subscriptions, projections, snapshots, upcaster
 audit of hash chains) is exported here too; the modules behind it are private detail.
 """
 
+from eventstore.appends import Append
 from eventstore.audit import ChainReport, verify_chains
 from eventstore.batching import lock_streams, unnest_columns, unnest_placeholders
 from eventstore.errors import (
@@ -43,7 +44,7 @@ from eventstore.projections import (
     replay_estimate,
 )
 from eventstore.snapshots import Snapshot
-from eventstore.store import Append, EventStore, UnitOfWork
+from eventstore.store import EventStore, UnitOfWork
 from eventstore.subscriptions import Handler, Subscription
 from eventstore.tracking import (
     StoredResponse,
