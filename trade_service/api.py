@@ -28,7 +28,7 @@ from ledger.idempotency import Answer, IdempotencyKey, IdempotentRequest, once
 from ledger.money import AmountError, Assets
 from ledger.problems import Problem, problem_responses
 from trade_service import access, domain, queries
-from trade_service.access import VisibleTradeId, VisibleTransferId
+from trade_service.access import VisibleTrade, VisibleTransfer
 from trade_service.contracts import SettlementStatus, TradeEvent, TradeRequested, TransferRequested
 from trade_service.domain import Party, SettlementError, SettlementKind, TradeOrder
 from trade_service.events import stream_of, to_new_event
@@ -129,20 +129,24 @@ async def request_trade(
 
 @router.get("/transfers/{transfer_id}", responses=_UNKNOWN)
 async def get_transfer(
-    transfer_id: VisibleTransferId, runtime: TradeRuntime, wait: Wait = 0
+    visible: VisibleTransfer, runtime: TradeRuntime, wait: Wait = 0
 ) -> Transfer:
     """The transfer, its outcome and the saga's steps; with `wait`, once final (or after
     `wait` seconds, still pending)."""
+    transfer_id = visible.settlement_id
     row = await _settled_row(runtime, transfer_id, SettlementKind.TRANSFER, wait)
-    return transfer_of(row, await _steps(runtime, transfer_id), runtime.settings.assets())
+    view = transfer_of(row, await _steps(runtime, transfer_id), runtime.settings.assets())
+    return access.as_readable(view, row, visible.owned)
 
 
 @router.get("/trades/{trade_id}", responses=_UNKNOWN)
-async def get_trade(trade_id: VisibleTradeId, runtime: TradeRuntime, wait: Wait = 0) -> Trade:
+async def get_trade(visible: VisibleTrade, runtime: TradeRuntime, wait: Wait = 0) -> Trade:
     """The trade, its outcome and the saga's steps; with `wait`, once final (or after
     `wait` seconds, still pending)."""
+    trade_id = visible.settlement_id
     row = await _settled_row(runtime, trade_id, SettlementKind.TRADE, wait)
-    return trade_of(row, await _steps(runtime, trade_id), runtime.settings.assets())
+    view = trade_of(row, await _steps(runtime, trade_id), runtime.settings.assets())
+    return access.as_readable(view, row, visible.owned)
 
 
 @router.get("/transfers")
@@ -158,7 +162,9 @@ async def list_transfers(
     rows, next_cursor = await _page(runtime, SettlementKind.TRANSFER, account, status, limit,
                                     cursor)
     assets = runtime.settings.assets()
-    return TransferPage(items=[transfer_of(row, [], assets) for row in rows], next=next_cursor)
+    owned = access.accounts_owned(principal, [account] if account else [])
+    items = [access.as_readable(transfer_of(row, [], assets), row, owned) for row in rows]
+    return TransferPage(items=items, next=next_cursor)
 
 
 @router.get("/trades")
@@ -174,7 +180,9 @@ async def list_trades(
     rows, next_cursor = await _page(runtime, SettlementKind.TRADE, account, status, limit,
                                     cursor)
     assets = runtime.settings.assets()
-    return TradePage(items=[trade_of(row, [], assets) for row in rows], next=next_cursor)
+    owned = access.accounts_owned(principal, [account] if account else [])
+    items = [access.as_readable(trade_of(row, [], assets), row, owned) for row in rows]
+    return TradePage(items=items, next=next_cursor)
 
 
 async def _request(

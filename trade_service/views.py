@@ -6,7 +6,7 @@ inside they are integers of minor units.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
@@ -160,6 +160,16 @@ def _common(row: Any, steps: list[Step], assets: Assets) -> dict[str, Any]:
         "detail": row["detail"], "legs": legs, "steps": steps,
         "created_at": row["created_at"], "updated_at": row["updated_at"],
     }
+
+
+SettlementView = TypeVar("SettlementView", Transfer, Trade)
+
+
+def without_details(view: SettlementView) -> SettlementView:
+    """`view` without the free text of why it was refused (its own and its steps'), for a
+    reader who does not pay every leg (`trade_service.access.may_read_details`)."""
+    steps = [step.model_copy(update={"detail": None}) for step in view.steps]
+    return view.model_copy(update={"detail": None, "steps": steps})
 
 
 def problem_of(error: SettlementError | AmountError) -> Problem:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final
 
@@ -50,12 +50,16 @@ class Principal:
     """The verified identity of a request.
 
     `owner`, when set, binds the token to one owner's accounts: it reads only those and
-    moves money only out of those, whatever its scopes (docs/auth.md).
+    moves money only out of those, whatever its scopes (docs/auth.md). `valid_until_s`
+    (epoch seconds, the clock skew included; None: for ever) is when its token stops
+    proving it, so that what outlives one request (an event stream) ends then too. It is
+    not part of who the principal is, so principals compare without it.
     """
 
     subject: str
     scopes: frozenset[Scope]
     owner: str | None = None
+    valid_until_s: float | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         assert SUBJECT_PATTERN.match(self.subject), "subjects are checked when tokens are read"

@@ -11,7 +11,7 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 import jwt
@@ -88,7 +88,8 @@ class TokenVerifier:
             raise TokenError("the token's signature is not valid") from None
         except jwt.InvalidTokenError as error:
             raise TokenError(f"the token is not valid: {error}") from None
-        return principal_of(claims), float(claims["exp"]) + self.clock_skew_s
+        valid_until_s = float(claims["exp"]) + self.clock_skew_s
+        return replace(principal_of(claims), valid_until_s=valid_until_s), valid_until_s
 
     def _decode(self, token: str, keys: list[VerifyingKey]) -> dict[str, Any]:
         """The token's claims under the first of `keys` whose signature matches."""
@@ -111,7 +112,9 @@ class TokenVerifier:
         """The keys that may have signed a token with this header: the one its kid names,
         else every key of its algorithm (tried in turn, so a rotation needs no kid)."""
         algorithm = header.get("alg")
-        if algorithm not in ALGORITHMS:
+        # Checked to be a string first: a JSON list or object is unhashable, and a set's
+        # `in` would raise TypeError (a 500) instead of refusing the token.
+        if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
             raise TokenError(f"tokens signed with {str(algorithm)[:16]!r} are not accepted")
         candidates = [key for key in self.keys if key.algorithm == algorithm]
         kid = header.get("kid")

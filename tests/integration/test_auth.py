@@ -38,6 +38,7 @@ from ledger.host import ServiceHost, running
 from ledger.http import create_app
 from ledger.services import available_services
 from ledger.settings import Settings
+from ledger.streaming import HEARTBEAT_S
 from saga.contracts import stream_of as saga_stream
 from tests.integration.authorized import authorized_client
 from trade_service.domain import SettlementKind
@@ -198,9 +199,12 @@ def _forged(settings: Settings) -> Iterator[tuple[str, str]]:
     yield "HS256 keyed with the public key", _hs256(claims, public_pem(RSA_KEY).encode(),
                                                     kid="rsa-1")
     yield "a hostile alg", _hs256(claims, b"k", kid="x", alg='\u2603"\r\nSet-Cookie: a=b')
+    yield "an alg that is a JSON list", _hs256(claims, secret.get_secret_value().encode(),
+                                               kid="x", alg=["HS256"])  # fmt: skip
+    yield "an alg that is a JSON object", _hs256(claims, b"k", kid="x", alg={"HS256": 1})
 
 
-def _hs256(claims: dict[str, Any], key: bytes, *, kid: str, alg: str = "HS256") -> str:
+def _hs256(claims: dict[str, Any], key: bytes, *, kid: str, alg: object = "HS256") -> str:
     """A token HMAC-signed with `key` by hand (PyJWT refuses a PEM as an HMAC key, as the
     "alg confusion" attack needs)."""
     def part(value: dict[str, Any]) -> str:
@@ -223,6 +227,26 @@ async def test_forged_expired_and_malformed_tokens_are_401_invalid_token(ledger:
         assert 'error="invalid_token"' in response.headers["WWW-Authenticate"], what
     assert "expired" in refused["expired"].json()["detail"]
     assert "Set-Cookie" not in refused["a hostile alg"].headers
+
+
+async def test_an_event_stream_ends_when_its_token_expires(
+    ledger: Ledger, owners: dict[str, str]
+) -> None:
+    # Valid for three more seconds: expired 27 s ago, within the clock skew of 30.
+    skew_s = ledger.settings.auth_clock_skew_s
+    token = TokenSigner.from_settings(ledger.settings).issue(
+        "auditor", [Scope.AUDIT_READ], ttl_s=60, now_s=time.time() - 60 - skew_s + 3)
+    headers = {"Authorization": f"Bearer {token}"}
+
+    async with ledger.bare(headers) as client:
+        # The in-process transport answers once the stream has ended: an endless one times out.
+        async with asyncio.timeout(HEARTBEAT_S / 2):
+            followed = await client.get(f"/v1/streams/account-{owners['bob']}/events")
+        afterwards = await client.get(f"/v1/streams/account-{owners['bob']}/events")
+
+    assert followed.status_code == 200
+    assert "event: AccountOpened" in followed.text  # what was there before it expired
+    assert_problem(afterwards, 401, "unauthorized")
 
 
 async def test_a_token_not_sent_as_bearer_is_401(ledger: Ledger) -> None:
@@ -442,6 +466,35 @@ async def test_a_transfer_is_read_only_by_owners_of_its_accounts(
     assert_problem(unfiltered, 422, "account_required")
     assert_problem(by_carol, 404, missing.json()["code"])
     assert listed_by_carol.json()["items"] == []
+
+
+async def test_why_a_settlement_was_refused_is_read_by_its_payers_owner_only(
+    ledger: Ledger, owners: dict[str, str]
+) -> None:
+    note = f"AML review {uuid.uuid4().hex[:8]}"
+    async with ledger.client() as admin:
+        payer = await open_account(admin, "bob")
+        await _until_risk_knows(admin, payer, owners["alice"])
+        blocked = await admin.post(f"/v1/risk/accounts/{payer}/block", json={"reason": note})
+        body = {"from_account": payer, "to_account": owners["alice"], "amount": "1.00",
+                "currency": "USD"}
+        transfer_id = (await admin.post("/v1/transfers", json=body, headers=a_key())).json()["id"]
+    async with ledger.client(Scope.ACCOUNTS_READ, owner="bob") as bob:
+        by_payer = (await bob.get(f"/v1/transfers/{transfer_id}", params={"wait": 20})).json()
+    async with ledger.client(Scope.ACCOUNTS_READ, owner="alice") as alice:
+        by_payee = await alice.get(f"/v1/transfers/{transfer_id}")
+        listed_by_payee = await alice.get("/v1/transfers", params={"account": owners["alice"]})
+
+    assert blocked.status_code == 200, blocked.text
+    assert by_payer["status"] == "rejected", by_payer
+    assert note in by_payer["detail"]
+    assert by_payee.status_code == 200
+    assert by_payee.json()["reason"] == by_payer["reason"] == "account_blocked"
+    assert by_payee.json()["detail"] is None
+    assert {step["detail"] for step in by_payee.json()["steps"]} == {None}
+    assert note not in by_payee.text
+    assert transfer_id in {item["id"] for item in listed_by_payee.json()["items"]}
+    assert note not in listed_by_payee.text
 
 
 async def test_an_owner_token_is_refused_where_no_owner_rule_applies(ledger: Ledger) -> None:

@@ -106,6 +106,26 @@ def test_a_token_that_proves_nothing_is_refused(token: str, reason: str) -> None
         verifier().verify(token)
 
 
+@pytest.mark.parametrize("alg", [["HS256"], {"HS256": True}, None, 256],
+                         ids=["list", "object", "null", "number"])  # fmt: skip
+def test_a_token_whose_alg_is_no_string_is_refused(alg: object) -> None:
+    header = jwt.utils.base64url_encode(orjson.dumps({"alg": alg, "typ": "JWT"})).decode()
+    body = jwt.utils.base64url_encode(orjson.dumps(claims(scope="admin"))).decode()
+    signature = hmac.new(SECRET.encode(), f"{header}.{body}".encode(), hashlib.sha256).digest()
+
+    with pytest.raises(TokenError, match="not accepted"):
+        verifier().verify(f"{header}.{body}.{jwt.utils.base64url_encode(signature).decode()}")
+
+
+def test_a_verified_principal_knows_until_when_its_token_proves_it() -> None:
+    exp = int(time.time()) + 60
+
+    principal = verifier(auth_clock_skew_s=30).verify(hs256(claims(exp=exp)))
+
+    assert principal.valid_until_s == exp + 30
+    assert principal == Principal("teller-7", frozenset({Scope.ACCOUNTS_READ}))
+
+
 def test_a_tampered_payload_breaks_the_signature() -> None:
     header, _, signature = hs256(claims()).split(".")
     forged_payload = jwt.utils.base64url_encode(orjson.dumps(claims(scope="admin"))).decode()
