@@ -37,6 +37,9 @@ def _rule(*scopes: Scope, owner_rule: bool = False) -> Rule:
 
 _READ = _rule(Scope.ACCOUNTS_READ, owner_rule=True)
 _WRITE = _rule(Scope.ACCOUNTS_WRITE, owner_rule=True)
+_BACK_OFFICE = _rule(Scope.ACCOUNTS_ADMIN)
+"""Money in and out of the ledger, and the bank's freezes: never an owner's own doing, so a
+token bound to an owner is refused (docs/auth.md)."""
 _MOVE = _rule(Scope.TRANSFERS_WRITE, owner_rule=True)
 _FOLLOW = _rule(Scope.ACCOUNTS_READ, Scope.TRANSFERS_WRITE, Scope.AUDIT_READ, owner_rule=True)
 _RISK_READ = _rule(Scope.RISK_ADMIN, Scope.AUDIT_READ)
@@ -51,10 +54,10 @@ ROUTES: Final[dict[tuple[str, str], Rule]] = {
     ("GET", "/v1/accounts/{account_id}/balance"): _READ,
     ("GET", "/v1/accounts/{account_id}/entries"): _READ,
     ("GET", "/v1/accounts/{account_id}/events"): _READ,
-    ("POST", "/v1/accounts/{account_id}/deposits"): _WRITE,
-    ("POST", "/v1/accounts/{account_id}/withdrawals"): _WRITE,
-    ("POST", "/v1/accounts/{account_id}/freeze"): _WRITE,
-    ("POST", "/v1/accounts/{account_id}/unfreeze"): _WRITE,
+    ("POST", "/v1/accounts/{account_id}/deposits"): _BACK_OFFICE,
+    ("POST", "/v1/accounts/{account_id}/withdrawals"): _BACK_OFFICE,
+    ("POST", "/v1/accounts/{account_id}/freeze"): _BACK_OFFICE,
+    ("POST", "/v1/accounts/{account_id}/unfreeze"): _BACK_OFFICE,
     ("POST", "/v1/accounts/{account_id}/close"): _WRITE,
     ("POST", "/v1/transfers"): _MOVE,
     ("POST", "/v1/trades"): _MOVE,

@@ -14,6 +14,7 @@ class Scope(StrEnum):
 
     ACCOUNTS_READ = "accounts:read"
     ACCOUNTS_WRITE = "accounts:write"
+    ACCOUNTS_ADMIN = "accounts:admin"
     TRANSFERS_WRITE = "transfers:write"
     RISK_ADMIN = "risk:admin"
     AUDIT_READ = "audit:read"

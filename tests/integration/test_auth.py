@@ -279,7 +279,8 @@ _REQUESTS: Final = ("list accounts", "open account", "deposit", "transfer", "set
                     "list decisions", "list sagas", "retry saga", "follow stream")
 _ALLOWED: Final = {
     Scope.ACCOUNTS_READ: {"list accounts"},
-    Scope.ACCOUNTS_WRITE: {"open account", "deposit"},
+    Scope.ACCOUNTS_WRITE: {"open account"},
+    Scope.ACCOUNTS_ADMIN: {"deposit"},
     Scope.TRANSFERS_WRITE: {"transfer"},
     Scope.RISK_ADMIN: {"set limits", "list decisions"},
     Scope.AUDIT_READ: {"list decisions", "list sagas", "follow stream"},
@@ -396,7 +397,7 @@ async def test_an_owner_lists_only_its_own_accounts(
     assert asked_for_bob["items"] == []
 
 
-async def test_an_owner_opens_and_changes_only_its_own_accounts(
+async def test_an_owner_opens_and_closes_only_its_own_accounts(
     ledger: Ledger, owners: dict[str, str]
 ) -> None:
     missing = f"acc-{uuid.uuid4().hex[:8]}"
@@ -404,20 +405,48 @@ async def test_an_owner_opens_and_changes_only_its_own_accounts(
         opened_own = await alice.post("/v1/accounts", json={"owner": "alice", "currency": "EUR"})
         opened_for_bob = await alice.post("/v1/accounts",
                                           json={"owner": "bob", "currency": "EUR"})
-        deposited_own = await deposit(alice, owners["alice"], "1.00")
-        withdrawn_from_bob = await alice.post(f"/v1/accounts/{owners['bob']}/withdrawals",
-                                              json={"amount": "1.00"}, headers=a_key())
-        withdrawn_from_nothing = await alice.post(f"/v1/accounts/{missing}/withdrawals",
-                                                  json={"amount": "1.00"}, headers=a_key())
-        frozen_bob = await alice.post(f"/v1/accounts/{owners['bob']}/freeze")
+        closed_bob = await alice.post(f"/v1/accounts/{owners['bob']}/close")
+        closed_nothing = await alice.post(f"/v1/accounts/{missing}/close")
+        closed_own = await alice.post(f"/v1/accounts/{opened_own.json()['id']}/close")
 
     assert opened_own.status_code == 201
-    assert deposited_own.status_code == 201
-    for refused in (opened_for_bob, withdrawn_from_bob, withdrawn_from_nothing, frozen_bob):
+    assert closed_own.status_code == 200, closed_own.text
+    for refused in (opened_for_bob, closed_bob, closed_nothing):
         assert_problem(refused, 403, "not_owner")
-    assert withdrawn_from_bob.json()["detail"].replace(owners["bob"], missing) == (
-        withdrawn_from_nothing.json()["detail"]
+    assert closed_bob.json()["detail"].replace(owners["bob"], missing) == (
+        closed_nothing.json()["detail"]
     )
+
+
+async def test_money_in_and_out_and_freezes_are_the_back_offices_never_an_owners(
+    ledger: Ledger, owners: dict[str, str]
+) -> None:
+    """A deposit records money arriving from outside the ledger, a withdrawal money leaving
+    it, a freeze the bank's hold on an account: an owner asserting them for itself would mint
+    money or lift a freeze placed on it."""
+    own = owners["alice"]
+
+    async def back_office_requests(client: httpx.AsyncClient) -> list[httpx.Response]:
+        return [
+            await deposit(client, own, "1.00"),
+            await client.post(f"/v1/accounts/{own}/withdrawals", json={"amount": "1.00"},
+                              headers=a_key()),
+            await client.post(f"/v1/accounts/{own}/freeze"),
+            await client.post(f"/v1/accounts/{own}/unfreeze"),
+        ]  # fmt: skip
+
+    async with ledger.client(Scope.ADMIN, owner="alice") as alice:  # even with every scope
+        as_owner = await back_office_requests(alice)
+    async with ledger.client(Scope.ACCOUNTS_WRITE) as writer:
+        as_writer = await back_office_requests(writer)
+    async with ledger.client(Scope.ACCOUNTS_ADMIN) as teller:
+        as_teller = await back_office_requests(teller)
+
+    for response in as_owner:
+        assert_problem(response, 403, "owner_token_refused")
+    for response in as_writer:
+        assert_problem(response, 403, "insufficient_scope")
+    assert [response.status_code for response in as_teller] == [201, 201, 200, 200]
 
 
 async def test_an_owner_moves_money_only_out_of_its_own_accounts(
@@ -513,7 +542,8 @@ async def test_the_token_subject_is_the_actor_of_every_event_of_a_transfer(
 ) -> None:
     async with ledger.client(*OWNER_SCOPES, subject="alice-app", owner="alice") as alice:
         payer = await open_account(alice, "alice")
-        assert (await deposit(alice, payer, "10.00")).status_code == 201
+        async with ledger.client(Scope.ACCOUNTS_ADMIN, subject="teller") as teller:
+            assert (await deposit(teller, payer, "10.00")).status_code == 201
         async with ledger.client() as admin:
             await _until_risk_knows(admin, payer, owners["alice"])
         body = {"from_account": payer, "to_account": owners["alice"], "amount": "2.50",
@@ -533,7 +563,10 @@ async def test_the_token_subject_is_the_actor_of_every_event_of_a_transfer(
     assert {"AccountOpened", "Deposited", "HoldPlaced", "HoldPosted", "SagaStarted"} <= {
         event.event_type for event in events
     }
-    assert {event.metadata.get("actor") for event in events} == {"alice-app"}
+    assert {event.metadata.get("actor") for event in events
+            if event.event_type != "Deposited"} == {"alice-app"}  # fmt: skip
+    assert [event.metadata.get("actor") for event in events
+            if event.event_type == "Deposited"] == ["teller"]  # fmt: skip
 
 
 async def _until_risk_knows(client: httpx.AsyncClient, *account_ids: str) -> None:

@@ -194,7 +194,8 @@ async def test_the_demo_prints_balances_and_sagas_as_tables_with_the_token_from_
 
 
 async def test_a_token_that_may_not_read_sagas_still_runs_the_demo(served: Served) -> None:
-    token = served.token(Scope.ACCOUNTS_READ, Scope.ACCOUNTS_WRITE, Scope.TRANSFERS_WRITE)
+    token = served.token(Scope.ACCOUNTS_READ, Scope.ACCOUNTS_WRITE, Scope.ACCOUNTS_ADMIN,
+                         Scope.TRANSFERS_WRITE)
 
     result = await ledger_demo("--url", served.url, "--json", "--token", token)
 
