@@ -32,6 +32,8 @@ _VERSION_NOTE: Final = "ledger projection, version "
 
 LOCK_TIMEOUT_MS: Final = 10_000
 """How long the final catch-up waits for the live table's lock before giving up."""
+_REBUILD_CONNECTIONS: Final = 3
+"""What `ensure_table` holds while it rebuilds: its lock's, the replay's and the read-ahead's."""
 _MAX_NAME_BYTES: Final = 63
 """PostgreSQL's longest identifier: a longer one is cut to this, with only a notice."""
 _SHADOW_SUFFIX: Final = "__shadow"
@@ -91,6 +93,12 @@ class Projection(ABC):
                     return
                 made_by = await _version_of(connection, table)
                 if made_by < self.version:
+                    if store.pool.get_max_size() < _REBUILD_CONNECTIONS:
+                        raise EventStoreError(
+                            f"{table} must be rebuilt (version {made_by}, this is"
+                            f" {self.version}), which takes {_REBUILD_CONNECTIONS} pooled"
+                            f" connections; the pool has {store.pool.get_max_size()}"
+                        )
                     _log.warning("rebuilding %s: its table is of version %d, this is %d",
                                  table, made_by, self.version)  # fmt: skip
                     await rebuild(store, self)

@@ -448,3 +448,17 @@ async def test_a_rebuild_refuses_a_table_whose_shadow_name_postgresql_would_cut(
     # then the rebuild is refused before it touches anything: the live table is as it was.
     assert live == fold(await all_events(store))
     assert await table_rows(store, projection) == live
+
+
+async def test_a_rebuild_at_open_with_too_small_a_pool_is_refused_not_hung(
+    inline_store: EventStore, balances: Balances, pool: asyncpg.Pool, database_url: str
+) -> None:
+    await append_history(inline_store, accounts=1)
+    newer = BalancesV2()
+    small = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    try:
+        upgraded = EventStore(small, inline_store.schema, inline_projections=[newer])
+        with pytest.raises(EventStoreError, match="takes 3 pooled connections; the pool has 2"):
+            await asyncio.wait_for(newer.ensure_table(upgraded), GUARD_S)
+    finally:
+        await small.close()
