@@ -171,19 +171,14 @@ class Book:
 def refusal(error: AccountError, account_id: str, leg: Leg | None) -> CommandRefused:
     """The typed refusal of a domain error, saying which account (and leg) refused."""
     details: dict[str, Any] = {"account_id": account_id}
-    message = str(error)
     if leg is not None:
         details["leg_id"] = leg.leg_id
     if isinstance(error, InsufficientFunds):
         details["needed_minor"] = error.needed_minor
         details["available_minor"] = error.available_minor
-        # The message becomes the settlement's `detail`, which the payee and a trade's
-        # counterparty read too: it names no balance (found in review).
-        message = (f"account {account_id} has less available (overdraft included) than the"
-                   f" {error.needed_minor} minor units needed")  # fmt: skip
     if isinstance(error, HoldNotOpen | HoldEnded | HoldConflict):
         details["hold_id"] = error.hold_id
-    return CommandRefused(error.code, message, details)
+    return CommandRefused(error.code, str(error), details)
 
 
 def accounts_of(legs: Sequence[Leg]) -> list[str]:

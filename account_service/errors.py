@@ -47,9 +47,11 @@ class InsufficientFunds(AccountError):
     code = "insufficient_funds"
 
     def __init__(self, account_id: str, needed_minor: int, available_minor: int) -> None:
+        # The message names no balance: it becomes the detail of a refused transfer or
+        # trade, which the payee and a trade's counterparty read too (found in review).
         super().__init__(
-            f"account {account_id} has {available_minor} minor units available"
-            f" (overdraft included), {needed_minor} needed"
+            f"account {account_id} has less available (overdraft included) than the"
+            f" {needed_minor} minor units needed"
         )
         self.needed_minor = needed_minor
         self.available_minor = available_minor

@@ -190,9 +190,9 @@ class EventStore:
             )
 
     async def settled_horizon(self, *, patience_s: float = 1.0) -> int:
-        """A transaction id below which everything committed before the call, and nothing
-        that can still commit, lies: read models list below it in commit order
-        (`reads.settled_horizon`)."""
+        """A transaction id below which nothing can still commit: read models list below it
+        in commit order. Everything committed before the call lies below it too, unless a
+        transaction older than the call stays open past `patience_s` (`reads.settled_horizon`)."""
         with translated_errors():
             return await reads.settled_horizon(self.pool, patience_s)
 

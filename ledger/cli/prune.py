@@ -1,8 +1,9 @@
 """`ledger prune`: delete the tracking rows that nothing can ask for again
 (docs/retention.md).
 
-- Inbox rows older than the events stream keeps a message, plus a day: no such message can
-  be delivered again.
+- Inbox rows older than the events stream keeps a message (its `max_age`, asked of NATS),
+  plus a day: no such message can be delivered again. A stream that keeps messages for ever,
+  or none to ask, keeps the inbox whole.
 - Command replies older than `--command-replies-days`, and older than the start of the
   oldest saga not yet final, less a day: only the orchestrator sends commands, and only for
   a saga that is not final (running, compensating, or parked for an operator's retry).
@@ -19,12 +20,13 @@ from typing import Annotated, Final
 
 import orjson
 import typer
+from nats.js.errors import NotFoundError
 from rich.console import Console
 from rich.table import Table
 
 from eventstore.retention import TrackingTable
 from eventstore.retention import prune as prune_rows
-from ledger.cli.connections import ServiceDatabase, service_databases
+from ledger.cli.connections import ServiceDatabase, nats_client, service_databases
 from ledger.cli.failures import err, reported_failures, settings_or_exit
 from ledger.cli.operations import JsonOption
 from ledger.cli.run import DataDirOption
@@ -51,7 +53,8 @@ class Pruned:
 
     service: str
     tracking: TrackingTable
-    before: datetime
+    before: datetime | None
+    """None: nothing of this table can go (the stream keeps its messages for ever)."""
     rows: int
 
 
@@ -65,22 +68,23 @@ def prune(
     """Delete inbox rows, command replies and idempotency keys that nothing can ask for
     again. Safe while the services run; each batch is its own transaction."""
     settings = settings_or_exit()
-    with reported_failures(), operator_settings(settings, data_dir, err) as resolved:
+    with reported_failures(), operator_settings(settings, data_dir, err,
+                                                need_nats=True) as resolved:  # fmt: skip
         pruned = asyncio.run(_prune(
             resolved, timedelta(days=idempotency_keys_days),
             timedelta(days=command_replies_days), dry_run,
         ))  # fmt: skip
     if as_json:
         document = [{"service": each.service, "table": each.tracking.table,
-                     "before": each.before.isoformat(), "rows": each.rows, "dry_run": dry_run}
-                    for each in pruned]  # fmt: skip
+                     "before": each.before.isoformat() if each.before else None,
+                     "rows": each.rows, "dry_run": dry_run} for each in pruned]  # fmt: skip
         typer.echo(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
         return
     title = "would prune (dry run)" if dry_run else "pruned"
     table = Table("service", "table", "rows dated before", "rows", title=title)
     for each in pruned:
-        table.add_row(each.service, each.tracking.table, each.before.isoformat(timespec="seconds"),
-                      str(each.rows))  # fmt: skip
+        before = each.before.isoformat(timespec="seconds") if each.before else "kept: for ever"
+        table.add_row(each.service, each.tracking.table, before, str(each.rows))
     out.print(table)
 
 
@@ -89,6 +93,7 @@ async def _prune(
 ) -> list[Pruned]:
     services = list(available_services().values())
     pruned: list[Pruned] = []
+    stream_max_age = await _stream_max_age(settings)
     async with service_databases(settings, services) as databases:
         oldest_unfinished = await _oldest_unfinished_saga(databases)
         for database in databases:
@@ -100,15 +105,28 @@ async def _prune(
                 replies_before = min(replies_before, oldest_unfinished - MARGIN)
             cutoffs = {
                 TrackingTable.INBOX:
-                    now - timedelta(seconds=settings.events_stream_max_age_s) - MARGIN,
+                    None if stream_max_age is None else now - stream_max_age - MARGIN,
                 TrackingTable.COMMAND_REPLIES: replies_before,
                 TrackingTable.IDEMPOTENCY_KEYS: now - keys_age,
             }  # fmt: skip
             for tracking, before in cutoffs.items():
-                rows = await prune_rows(database.pool, database.schema, tracking, before,
-                                        dry_run=dry_run)  # fmt: skip
+                rows = 0 if before is None else await prune_rows(
+                    database.pool, database.schema, tracking, before, dry_run=dry_run)
                 pruned.append(Pruned(database.name, tracking, before, rows))
     return pruned
+
+
+async def _stream_max_age(settings: Settings) -> timedelta | None:
+    """How long the events stream keeps a message, as NATS has it (not as this command's
+    settings say: a cron job's environment may lack the services' value); None for ever, or
+    when there is no stream to ask."""
+    async with nats_client(settings) as nc:
+        try:
+            info = await nc.jetstream().stream_info(settings.events_stream)
+        except NotFoundError:
+            return None
+    max_age_s = info.config.max_age
+    return timedelta(seconds=max_age_s) if max_age_s else None
 
 
 async def _oldest_unfinished_saga(databases: list[ServiceDatabase]) -> datetime | None:

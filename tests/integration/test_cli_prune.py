@@ -8,8 +8,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
+import nats
 import pytest
+from nats.js.api import StreamConfig
 
+from ledger.bus import ensure_streams
 from ledger.settings import SERVICES
 from tests.integration.cli_support import Cli, cli_for
 
@@ -20,6 +23,11 @@ async def cli(
 ) -> AsyncIterator[Cli]:
     async with cli_for(database_url, nats_url, pool, tmp_path / "data") as made:
         assert (await made.run("migrate")).exit_code == 0
+        nc = await nats.connect(nats_url)
+        try:
+            await ensure_streams(nc.jetstream(), made.settings)  # it keeps messages 30 days
+        finally:
+            await nc.close()
         yield made
 
 
@@ -108,6 +116,28 @@ async def test_a_dry_run_counts_and_deletes_nothing(cli: Cli, pool: asyncpg.Pool
         "inbox": 2, "command_replies": 2, "idempotency_keys": 2,
     }
     assert all(row["dry_run"] for row in counted)
+
+
+async def test_the_inbox_is_kept_whole_when_the_stream_keeps_messages_for_ever(
+    cli: Cli, pool: asyncpg.Pool, nats_url: str
+) -> None:
+    account = cli.settings.schema_for("account")
+    await add_rows(pool, account, [5, 400])
+    name = f"PRUNE_{uuid.uuid4().hex[:8].upper()}"
+    nc = await nats.connect(nats_url)
+    try:
+        await nc.jetstream().add_stream(StreamConfig(name=name, subjects=[f"{name}.>"]))
+        for_ever = await cli.run("prune", LEDGER_EVENTS_STREAM=name)
+        no_stream = await cli.run("prune", LEDGER_EVENTS_STREAM=f"{name}_NONE")
+    finally:
+        await nc.jetstream().delete_stream(name)
+        await nc.close()
+
+    assert for_ever.exit_code == 0, for_ever.output
+    assert no_stream.exit_code == 0, no_stream.output
+    left = await ages(pool, account)
+    assert left["inbox"] == [5, 400]
+    assert left["command_replies"] == [5]  # the other tables follow their own rules
 
 
 async def test_a_keys_age_below_a_day_is_refused_with_exit_2(cli: Cli) -> None:
