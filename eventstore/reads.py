@@ -138,14 +138,16 @@ async def settled_horizon(executor: Executor, patience_s: float) -> int:
         "select pg_snapshot_xmin(s), pg_snapshot_xmax(s) from pg_current_snapshot() s"
     )
     assert row is not None, "a select without from gives one row"
-    horizon, committed_below = row[0], row[1]
+    # xmin: no transaction below it is running. xmax: every transaction that had committed
+    # when called is below it (it is the newest completed one's id plus one).
+    xmin, wanted = row[0], row[1]
     deadline = time.monotonic() + patience_s
     pause_s = _FIRST_HORIZON_PAUSE_S
-    while horizon < committed_below and time.monotonic() < deadline:
+    while xmin < wanted and time.monotonic() < deadline:
         await asyncio.sleep(pause_s)
         pause_s = min(pause_s * 2, _MAX_HORIZON_PAUSE_S)
-        horizon = await executor.fetchval("select pg_snapshot_xmin(pg_current_snapshot())")
-    return int(horizon)
+        xmin = await executor.fetchval("select pg_snapshot_xmin(pg_current_snapshot())")
+    return int(xmin)
 
 
 async def place_of(executor: Executor, schema: str, global_position: int) -> Position | None:
