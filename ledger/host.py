@@ -29,9 +29,12 @@ from ledger import metrics
 from ledger.bus import NatsSecurity, connect, ensure_streams
 from ledger.relay import EventRelay, relay_lag_events
 from ledger.settings import Settings
+from ledger.shared_recent import SharedRecent
 
 _log = logging.getLogger(__name__)
 _READY_TIMEOUT_S: Final = 1.0
+_CHECKS_MAX_AGE_S: Final = 1.0
+"""How old the databases' readiness or a metrics refresh may be when it answers a request."""
 _RECANCEL_AFTER_S: Final = 1.0
 _LEAST_STEP_S: Final = 0.5
 """Time each step of a stop gets even when the grace is spent (closing what is left)."""
@@ -143,6 +146,8 @@ class ServiceHost:
         self._resources = AsyncExitStack()
         self._stop_deadline = 0.0
         """When `stop`'s grace ends, on the loop's clock."""
+        self._databases_answer = SharedRecent(self._ask_databases, _CHECKS_MAX_AGE_S)
+        self._observed = SharedRecent(self._observe_now, _CHECKS_MAX_AGE_S)
 
     async def start(self) -> None:
         """Connect, migrate, and start every service; undo everything if any step fails."""
@@ -231,17 +236,28 @@ class ServiceHost:
         return next(r.notifier for r in self.runtimes.values() if r.store is store)
 
     async def readiness(self) -> dict[str, bool]:
-        """Whether each dependency answers now (`postgres:<service>`, `nats`) and each
-        background task runs (`task:<service>:<name>`)."""
+        """Whether each dependency answers (`postgres:<service>`, `nats`) and each background
+        task runs (`task:<service>:<name>`). The databases' answers are at most
+        `_CHECKS_MAX_AGE_S` old: the route is public, and a flood of probes must not become a
+        flood of queries."""
+        databases = await self._databases_answer.get()
         checks = {"nats": self.nc is not None and self.nc.is_connected}
         for name, runtime in self.runtimes.items():
-            checks[f"postgres:{name}"] = await _answers(runtime.store)
+            checks[f"postgres:{name}"] = databases.get(name, False)
             for task_name, is_up in runtime.task_health().items():
                 checks[f"task:{task_name}"] = is_up
         return checks
 
+    async def _ask_databases(self) -> dict[str, bool]:
+        """Whether each service's PostgreSQL answers now."""
+        return {name: await _answers(runtime.store) for name, runtime in self.runtimes.items()}
+
     async def observe(self) -> None:
-        """Refresh the gauges that are read, not pushed: each relay's lag in events."""
+        """Refresh the gauges that are read, not pushed (each relay's lag in events), unless
+        they were refreshed less than `_CHECKS_MAX_AGE_S` ago (`/metrics` is public)."""
+        await self._observed.get()
+
+    async def _observe_now(self) -> None:
         for name, runtime in self.runtimes.items():
             try:
                 lag = await relay_lag_events(runtime.store)
