@@ -39,13 +39,13 @@ from account_service.views import (
     audit_event_of,
     balance_of,
     decode_cursor,
-    encode_cursor,
     entry_of,
     insufficient_funds,
     problem_of,
 )
 from eventstore import UnitOfWork
 from ledger.auth import CurrentPrincipal, require_acts_for
+from ledger.cursors import encode_cursor
 from ledger.dependencies import runtime_of
 from ledger.host import Runtime
 from ledger.idempotency import (

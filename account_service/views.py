@@ -5,18 +5,16 @@ account's currency (DESIGN 3); inside they are integers of minor units.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from datetime import datetime
 from typing import Annotated, Any, Final
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from account_service.domain import AccountState
 from account_service.errors import AccountError, InsufficientFunds
 from eventstore import RecordedEvent
+from ledger.cursors import cursor_key, invalid_cursor
 from ledger.money import AmountError, Assets
 from ledger.problems import Problem
 from ledger.validation import is_position
@@ -178,22 +176,13 @@ def audit_event_of(event: RecordedEvent) -> AuditEvent:
     )
 
 
-def encode_cursor(kind: str, after: str | int) -> str:
-    """An opaque cursor: where the next page of `kind` starts (after that key)."""
-    return base64.urlsafe_b64encode(orjson.dumps([kind, after])).decode().rstrip("=")
-
-
 def decode_cursor(cursor: str | None, kind: str, key_type: type[str] | type[int]) -> Any:
     """The key a cursor of `kind` holds (None without a cursor); 422 for any other text."""
     if cursor is None:
         return None
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        cursor_kind, after = orjson.loads(base64.urlsafe_b64decode(padded.encode()))
-    except (ValueError, TypeError, binascii.Error):
-        cursor_kind, after = None, None
-    if cursor_kind != kind or type(after) is not key_type or not _is_key(after):
-        raise Problem(422, "the cursor is not one this list gave out", code="invalid_cursor")
+    after = cursor_key(cursor, kind)
+    if type(after) is not key_type or not _is_key(after):
+        raise invalid_cursor()
     return after
 
 

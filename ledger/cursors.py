@@ -16,9 +16,24 @@ from ledger.problems import Problem
 from ledger.validation import commit_place_of, is_position
 
 
-def encode_cursor(kind: str, after: Position) -> str:
-    """A cursor: where the next page of the list `kind` starts (after that place)."""
-    return base64.urlsafe_b64encode(orjson.dumps([kind, list(after)])).decode().rstrip("=")
+def encode_cursor(kind: str, after: Position | str | int) -> str:
+    """A cursor: where the next page of the list `kind` starts (after that key or place)."""
+    key = list(after) if isinstance(after, Position) else after
+    return base64.urlsafe_b64encode(orjson.dumps([kind, key])).decode().rstrip("=")
+
+
+def cursor_key(cursor: str, kind: str) -> object:
+    """The key a cursor of the list `kind` holds, as JSON gave it (the caller checks its
+    type and range); 422 for a cursor of another list or one that does not decode."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        cursor_kind, after = orjson.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (ValueError, TypeError, binascii.Error):
+        raise invalid_cursor() from None
+    if cursor_kind != kind:
+        raise invalid_cursor()
+    key: object = after
+    return key
 
 
 def decode_cursor(cursor: str | None, kind: str) -> Position | int | None:
@@ -28,17 +43,13 @@ def decode_cursor(cursor: str | None, kind: str) -> Position | int | None:
     caller finds that event's place (`EventStore.place_of`) or refuses it."""
     if cursor is None:
         return None
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        cursor_kind, after = orjson.loads(base64.urlsafe_b64decode(padded.encode()))
-    except (ValueError, TypeError, binascii.Error):
-        cursor_kind, after = None, None
+    after = cursor_key(cursor, kind)
     place = commit_place_of(after)
-    if cursor_kind == kind and place is not None:
+    if place is not None:
         return place
-    if cursor_kind == kind and is_position(after):
-        position: int = after
-        return position
+    if is_position(after):
+        assert isinstance(after, int), "a position is an int"
+        return after
     raise invalid_cursor()
 
 
