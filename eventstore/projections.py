@@ -107,7 +107,13 @@ class Projection(ABC):
 def projection_subscription(
     store: EventStore, projection: Projection, **options: Any
 ) -> subscriptions.Subscription:
-    """An async projection: a subscription named after the projection that applies each event."""
+    """An async projection: a subscription named after the projection that applies each event.
+
+    It follows every category: a projection picks its events in `apply`, and a rebuild,
+    which replays every event, must fold the same ones (found in review)."""
+    if options.get("category") is not None:
+        raise ValueError(f"projection {projection.name}: a projection follows every category"
+                         " and picks its events in apply, as its rebuild does")  # fmt: skip
 
     async def handle(connection: Connection, events: Sequence[RecordedEvent]) -> None:
         await projection.apply_batch(connection, f"{store.schema}.{projection.table}", events)

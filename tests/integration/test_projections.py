@@ -462,3 +462,10 @@ async def test_a_rebuild_at_open_with_too_small_a_pool_is_refused_not_hung(
             await asyncio.wait_for(newer.ensure_table(upgraded), GUARD_S)
     finally:
         await small.close()
+
+
+async def test_an_async_projection_may_not_follow_one_category_since_its_rebuild_follows_all(
+    store: EventStore, balances: Balances
+) -> None:
+    with pytest.raises(ValueError, match="follows every category"):
+        projection_subscription(store, balances, category="account")
