@@ -8,15 +8,17 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, Final
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ledger.codec import DomainEvent
 from ledger.commands import Command
 
-AmountMinor = Annotated[int, Field(gt=0, le=10**18)]
-LimitMinor = Annotated[int, Field(ge=0, le=10**18)]
+MAX_LIMIT_MINOR: Final = 10**18
+"""The largest limit of minor units an account may have (and the largest amount)."""
+AmountMinor = Annotated[int, Field(gt=0, le=MAX_LIMIT_MINOR)]
+LimitMinor = Annotated[int, Field(ge=0, le=MAX_LIMIT_MINOR)]
 Identifier = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
 AssetCode = Annotated[str, Field(pattern=r"^[A-Z][A-Z0-9]{1,11}$")]
 """A currency or instrument code, as `ledger.money` accepts them."""

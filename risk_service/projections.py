@@ -30,6 +30,10 @@ _DECISION_COLUMNS: Final = (
     " currency, limits, decided_at, tx_id"
 )
 _DECISION_TYPES: Final = ("ExposureReserved", "MovementRefused")
+_MAX_JSON_NUMBER: Final = 2**64 - 1
+"""The largest outflow a state row keeps as a JSON number. orjson writes no integer beyond
+64 bits and reads one back as a float, while a minute's outflow of an account without a
+daily limit may exceed that (20 movements of 10**18): larger ones are kept as strings."""
 
 
 class RiskStatesProjection(Projection):
@@ -179,7 +183,7 @@ def state_to_json(state: RiskState) -> dict[str, Any]:
         "limits": state.limits.model_dump(mode="json"),
         "blocked_reason": state.blocked_reason,
         "open_exposures": {k: e.amount_minor for k, e in state.open_exposures.items()},
-        "outflow_by_minute": {str(k): v for k, v in state.outflow_by_minute.items()},
+        "outflow_by_minute": {str(k): _json_int(v) for k, v in state.outflow_by_minute.items()},
         "approvals_by_second": {str(k): v for k, v in state.approvals_by_second.items()},
         "version": state.version,
     }
@@ -196,13 +200,18 @@ def state_from_row(row: Any) -> RiskState:
             {k: Exposure(k, amount) for k, amount in stored["open_exposures"].items()}
         ),
         outflow_by_minute=MappingProxyType(
-            {int(k): v for k, v in stored["outflow_by_minute"].items()}
+            {int(k): int(v) for k, v in stored["outflow_by_minute"].items()}
         ),
         approvals_by_second=MappingProxyType(
             {int(k): v for k, v in stored["approvals_by_second"].items()}
         ),
         version=stored["version"],
     )
+
+
+def _json_int(value: int) -> int | str:
+    """`value` as a state row keeps it: a number when orjson can write it, else a string."""
+    return value if value <= _MAX_JSON_NUMBER else str(value)
 
 
 def inline_projections() -> tuple[Projection, ...]:

@@ -14,7 +14,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from ledger.money import AmountError, Assets
-from risk_service.contracts import Limits
+from risk_service.contracts import MAX_LIMIT_MINOR, Limits
 from risk_service.domain import AccountView, RiskState
 
 ID_PATTERN: Final = r"^[A-Za-z0-9_.:-]{1,100}$"
@@ -96,11 +96,15 @@ class DecisionPage(BaseModel):
 
 
 def limits_of(body: SetLimits, assets: Assets, currency: str) -> Limits:
-    """The body's limits in minor units of `currency`; AmountError for a malformed one."""
+    """The body's limits in minor units of `currency`; AmountError for a malformed one.
+
+    The per-movement limit is bounded by the largest amount one request may move; the daily
+    outflow and the open exposure add up many movements, so only by the largest limit."""
+    totals = Assets(assets.scales, MAX_LIMIT_MINOR)
     return Limits(
         max_transfer_minor=_limit_minor(body.max_transfer, assets, currency),
-        daily_outflow_minor=_limit_minor(body.daily_outflow, assets, currency),
-        max_open_exposure_minor=_limit_minor(body.max_open_exposure, assets, currency),
+        daily_outflow_minor=_limit_minor(body.daily_outflow, totals, currency),
+        max_open_exposure_minor=_limit_minor(body.max_open_exposure, totals, currency),
         max_movements_per_minute=body.max_movements_per_minute,
     )
 

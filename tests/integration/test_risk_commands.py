@@ -11,6 +11,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import asyncpg
 import orjson
@@ -20,7 +21,7 @@ from nats.js import JetStreamContext
 
 from eventstore import EventStore, StreamNotFound, rebuild
 from ledger.bus import connect, ensure_streams
-from ledger.commands import CommandClient, CommandFailed, CommandService
+from ledger.commands import CommandClient, CommandFailed, CommandService, one_at_a_time
 from ledger.consumers import ConsumedEvent, ConsumerOptions, DurableConsumer
 from ledger.settings import Settings
 from risk_service import domain, repository
@@ -30,7 +31,7 @@ from risk_service.account_view import (
     apply_account_event,
     ensure_table,
 )
-from risk_service.commands import register_commands
+from risk_service.commands import assess_movements, commit_batch, register_commands
 from risk_service.contracts import (
     Assess,
     Commit,
@@ -320,6 +321,28 @@ async def test_commit_and_release_are_idempotent_and_end_an_exposure_once(
         "ExposureReserved", "ExposureCommitted", "ExposureCancelled",
     ]  # fmt: skip
     assert (await repository.load(risk_store, risk_store.pool, "a")).open_exposures == {}
+
+
+async def test_more_than_64_bits_of_outflow_in_one_minute_still_commits(
+    risk_store: EventStore, clock: Clock
+) -> None:
+    # Without a daily limit, 20 movements of the largest amount (10**18) leave one account
+    # in one minute: more than the 64 bits orjson writes into the state row.
+    await given_accounts(risk_store, ("a", "open"), ("b", "open"))
+    commit = one_at_a_time(partial(commit_batch, now=clock()))
+    for _ in range(20):
+        command = assess(move(10**18))
+        async with risk_store.unit_of_work() as unit:
+            approval = await assess_movements(command, unit, Limits(), clock())
+        async with risk_store.unit_of_work() as unit:
+            await commit(commit_of(command), unit)
+
+    state = await repository.load(risk_store, risk_store.pool, "a")
+
+    assert approval.approved
+    assert state.outflow_minor(clock()) == 20 * 10**18
+    for projection in risk_store.inline_projections:
+        assert (await rebuild(risk_store, projection, verify=True)).differences == []
 
 
 async def test_a_release_before_its_assessment_refuses_the_assessment_when_it_arrives(

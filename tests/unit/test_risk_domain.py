@@ -364,3 +364,17 @@ def test_the_state_survives_its_row() -> None:
     row = {"state": orjson.dumps(state_to_json(state))}
 
     assert state_from_row(row) == state
+
+
+def test_an_outflow_bucket_beyond_64_bits_survives_its_row() -> None:
+    # An account without a daily limit may send more than 2**64 - 1 minor units in one
+    # minute (20 movements of 10**18, the largest amount); orjson writes at most 64 bits.
+    state = given()
+    for index in range(20):
+        state, _ = decide(state, movement(10**18, transfer_id=f"t-{index}"), defaults=Limits())
+        state = fold(state, commit(state, f"t-{index}", "leg-1", NOW))
+
+    row = {"state": orjson.dumps(state_to_json(state))}
+
+    assert state.outflow_minor(NOW) == 20 * 10**18
+    assert state_from_row(row) == state
