@@ -40,7 +40,8 @@ class SetLimits(_Strict):
     max_transfer: LimitText = None
     daily_outflow: LimitText = None
     max_open_exposure: LimitText = None
-    max_movements_per_minute: Annotated[int, Field(ge=1, le=100_000)] | None = None
+    # Strict: a JSON `true` is not a count (lax validation would take it for 1).
+    max_movements_per_minute: Annotated[int, Field(ge=1, le=100_000, strict=True)] | None = None
 
 
 class Reason(_Strict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pydantic
 import pytest
 
 from ledger.money import AmountError, Assets
@@ -30,3 +31,9 @@ def test_a_daily_or_open_limit_may_exceed_what_one_movement_may_move() -> None:
 def test_a_limit_beyond_its_maximum_is_refused(body: SetLimits) -> None:
     with pytest.raises(AmountError, match="exceeds the maximum"):
         limits_of(body, SMALL_MOVEMENTS, "USD")
+
+
+@pytest.mark.parametrize("count", [True, "5", 5.0])
+def test_a_movements_count_is_a_json_integer(count: object) -> None:
+    with pytest.raises(pydantic.ValidationError):
+        SetLimits.model_validate({"max_movements_per_minute": count})
