@@ -291,6 +291,32 @@ async def test_post_moves_exactly_the_amount_and_may_be_repeated(
     assert (await event_types(accounts, "a")).count("HoldPosted") == 1
 
 
+async def test_post_records_an_entry_out_of_the_payer_and_into_the_payee(
+    accounts: EventStore, saga: Saga
+) -> None:
+    await opened(accounts, "a", 100)
+    await opened(accounts, "b", 5)
+    await saga.reserve("t1", leg("a", "b", 30))
+
+    await saga.post("t1", leg("a", "b", 30))
+    await saga.post("t1", leg("a", "b", 30))  # a retry: no entry more
+
+    rows = await accounts.pool.fetch(
+        f"select account_id, entry_id, kind, amount_minor, balance_after_minor, transfer_id"
+        f" from {accounts.schema}.entries order by global_position"
+    )
+    assert [tuple(row) for row in rows] == [
+        ("a", "d", "deposit", 100, 100, None),
+        ("b", "d", "deposit", 5, 5, None),
+        ("a", "t1:l1:debit", "transfer", -30, 70, "t1"),
+        ("b", "t1:l1:credit", "transfer", 30, 35, "t1"),
+    ]
+    for account_id in ("a", "b"):
+        state = await state_of(accounts, account_id)
+        assert state.posted_minor == sum(r["amount_minor"] for r in rows
+                                         if r["account_id"] == account_id)  # fmt: skip
+
+
 async def test_post_works_on_a_frozen_account(accounts: EventStore, saga: Saga) -> None:
     await opened(accounts, "a", 100)
     await opened(accounts, "b")
@@ -361,6 +387,33 @@ async def test_void_releases_the_holds_and_may_be_repeated(
     payer, payee = await state_of(accounts, "a"), await state_of(accounts, "b")
     assert (payer.posted_minor, payer.available_minor, payer.pending_debits_minor) == (100, 100, 0)
     assert (payee.posted_minor, payee.pending_credits_minor) == (0, 0)
+
+
+async def test_void_releases_the_holds_of_every_leg_of_a_trade(
+    accounts: EventStore, saga: Saga
+) -> None:
+    await opened(accounts, "buyer-cash", 100)
+    await opened(accounts, "seller-cash")
+    await opened(accounts, "seller-asset", 10, currency="BTC")
+    await opened(accounts, "buyer-asset", currency="BTC")
+    legs = (leg("buyer-cash", "seller-cash", 60, "cash"),
+            leg("seller-asset", "buyer-asset", 4, "asset", currency="BTC"))  # fmt: skip
+    await saga.reserve("t1", *legs)
+
+    done = await saga.void("t1", *legs)
+
+    assert done.hold_ids == ("t1:cash:debit", "t1:cash:credit", "t1:asset:debit",
+                             "t1:asset:credit")  # fmt: skip
+    assert set((await holds_of(accounts, "t1")).values()) == {
+        ("buyer-cash", "voided"), ("seller-cash", "voided"),
+        ("seller-asset", "voided"), ("buyer-asset", "voided"),
+    }  # fmt: skip
+    for account_id, posted_minor in (("buyer-cash", 100), ("seller-cash", 0),
+                                     ("seller-asset", 10), ("buyer-asset", 0)):  # fmt: skip
+        state = await state_of(accounts, account_id)
+        assert (state.posted_minor, state.available_minor) == (posted_minor, posted_minor)
+        assert (state.pending_debits_minor, state.pending_credits_minor) == (0, 0)
+        assert state.open_holds == {}, account_id
 
 
 async def test_void_after_a_failed_reserve_is_fine(accounts: EventStore, saga: Saga) -> None:

@@ -32,7 +32,7 @@ import orjson
 import pytest
 from typer.testing import CliRunner, Result
 
-from account_service.contracts import EntryKind, HoldPlaced, HoldSide, HoldVoided
+from account_service.contracts import EntryKind, HoldPlaced, HoldPosted, HoldSide, HoldVoided
 from account_service.events import to_new_event
 from ledger import context
 from ledger.cli import app
@@ -281,6 +281,35 @@ async def test_verify_finds_a_hold_left_open_after_its_saga_ended(
     assert "its saga ended (completed)" in reasons[(stream_id, "holds")]
     assert "pending debits" in reasons[(None, "conservation")]
     assert [s["service"] for s in found["services"]] == ["account"]
+    assert cleared.exit_code == 0, cleared.output
+
+
+async def test_verify_finds_money_made_by_a_credit_posted_without_its_debit(
+    settings: Settings, story: Story, host: ServiceHost, client: httpx.AsyncClient
+) -> None:
+    """A writer's bug: every account folds and equals its rows, but the transfers do not
+    net to zero; the matching debit, posted afterwards, makes the ledger whole again."""
+    store = host.runtimes["account"].store
+    transfer_id = f"stray-{secrets.token_hex(4)}"
+
+    async def posted(account_id: str, side: HoldSide) -> None:
+        hold_id = f"{transfer_id}:l1:{side.value}"
+        await store.append(f"account-{account_id}", [
+            to_new_event(HoldPlaced(hold_id=hold_id, side=side, amount_minor=100,
+                                    transfer_id=transfer_id, kind=EntryKind.TRANSFER)),
+            to_new_event(HoldPosted(hold_id=hold_id, side=side, amount_minor=100,
+                                    transfer_id=transfer_id, kind=EntryKind.TRANSFER)),
+        ])  # fmt: skip
+
+    payer, payee = await funded_account(client, "5.00"), await funded_account(client, "5.00")
+    await posted(payee, HoldSide.CREDIT)
+    found = document(await ledger(settings, "audit", "verify", "--json",
+                                  "--service", "account"), exit_code=1)  # fmt: skip
+    await posted(payer, HoldSide.DEBIT)
+    cleared = await ledger(settings, "audit", "verify", "--service", "account")
+
+    assert [(b["stream_id"], b["check"]) for b in found["breaks"]] == [(None, "conservation")]
+    assert "USD: posted transfers add up to 100 minor units" in found["breaks"][0]["reason"]
     assert cleared.exit_code == 0, cleared.output
 
 

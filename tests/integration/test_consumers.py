@@ -226,6 +226,41 @@ async def test_a_handler_that_fails_twice_then_succeeds_applies_once(
     assert redeliveries(token) == 2
 
 
+async def test_a_batch_whose_commit_fails_acks_none_of_its_messages(
+    nc: Client, store: EventStore, applied_table: str, token: str
+) -> None:
+    # A message is acked only once its effect committed: were a batch acked before its
+    # commit, a failed commit followed by an outage (which hands the messages back to the
+    # server to deliver later) would lose all of them.
+    js = nc.jetstream()
+    event_ids = [await publish_event(js, token) for _ in range(3)]
+    guard = f"{store.schema}.commit_guard"
+    await store.pool.execute(f"create table {guard} (id int unique deferrable initially deferred)")
+    record = recording(applied_table)
+    calls: list[str] = []
+
+    async def failing_commit_then_outage(connection: Connection, event: ConsumedEvent) -> None:
+        calls.append(event.event_id)
+        if len(calls) == 1:  # checked at commit: the whole batch's commit fails
+            await connection.execute(f"insert into {guard} (id) values (1), (1)")
+        elif len(calls) == len(event_ids) + 1:  # then, message by message, an outage
+            raise StoreUnavailable("PostgreSQL is restarting")
+        await record(connection, event)
+
+    consumer = DurableConsumer(nc, store, token, f"ledger.{token}.>",
+                               failing_commit_then_outage, _FAST)  # fmt: skip
+
+    async def all_applied() -> bool:
+        return len(await applied_counts(store, applied_table)) == len(event_ids)
+
+    await run_until(consumer, all_applied)
+
+    assert calls[: len(event_ids) + 1] == [*event_ids, event_ids[0]], "one batch, then one by one"
+    assert await applied_counts(store, applied_table) == Counter(event_ids)
+    assert handled(token, "dead_lettered") == 0
+    assert await consumer.pending_count() == 0
+
+
 async def test_an_unavailable_store_delays_a_message_but_never_parks_it(
     nc: Client, store: EventStore, applied_table: str, token: str
 ) -> None:

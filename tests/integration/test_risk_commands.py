@@ -345,6 +345,27 @@ async def test_more_than_64_bits_of_outflow_in_one_minute_still_commits(
         assert (await rebuild(risk_store, projection, verify=True)).differences == []
 
 
+async def test_commit_and_release_end_the_exposure_of_every_movement_of_a_trade(
+    risk: Callable[[object], Awaitable[Decision]], risk_store: EventStore
+) -> None:
+    await given_accounts(risk_store, ("a", "open"), ("b", "open"), ("c", "open"),
+                         ("d", "open"))  # fmt: skip
+    committed = assess(move(300, "a", "b", "cash"), move(7, "b", "a", "asset"))
+    released = assess(move(200, "c", "d", "cash"), move(5, "d", "c", "asset"))
+    assert (await risk(committed)).approved
+    assert (await risk(released)).approved
+
+    assert (await risk(commit_of(committed))).approved
+    assert (await risk(release_of(released))).approved
+
+    ended = {"a": "ExposureCommitted", "b": "ExposureCommitted",
+             "c": "ExposureReleased", "d": "ExposureReleased"}  # fmt: skip
+    for account_id, last in ended.items():
+        assert await event_types(risk_store, account_id) == ["ExposureReserved", last]
+        state = await repository.load(risk_store, risk_store.pool, account_id)
+        assert state.open_exposures == {}, account_id
+
+
 async def test_a_release_before_its_assessment_refuses_the_assessment_when_it_arrives(
     risk: Callable[[object], Awaitable[Decision]], risk_store: EventStore
 ) -> None:

@@ -268,6 +268,30 @@ async def test_a_funded_transfer_completes_and_moves_the_money(
     assert risk["open_exposure"] == "0.00"
 
 
+async def test_risk_weighs_a_transfer_at_its_amount(
+    host: ServiceHost, client: httpx.AsyncClient, trade: Trade
+) -> None:
+    payer, payee = await funded_account(client, "10.00"), await funded_account(client, None)
+    await known_to_risk(client, payer, payee)
+    limited = await client.put(f"/v1/risk/accounts/{payer}/limits",
+                               json={"max_transfer": "3.00"})  # fmt: skip
+    assert limited.status_code == 200, limited.text
+    over, within = transfer(payer, payee, 301), transfer(payer, payee, 250)
+
+    await start(host, over)
+    await start(host, within)
+    async with orchestrators(host):
+        refused = await settled(client, over.transfer_id)
+        completed = await settled(client, within.transfer_id)
+
+    assert (refused["status"], refused["reason"]) == ("rejected", "limit_exceeded"), refused
+    assert completed["status"] == "completed", completed
+    assert (await account(client, payer))["balance"] == "7.50"
+    assert (await account(client, payee))["balance"] == "2.50"
+    risk = (await client.get(f"/v1/risk/accounts/{payer}")).json()
+    assert (risk["open_exposure"], risk["outflow_24h"]) == ("0.00", "2.50")
+
+
 async def test_a_second_start_of_the_same_transfer_is_a_no_op(
     host: ServiceHost, client: httpx.AsyncClient
 ) -> None:

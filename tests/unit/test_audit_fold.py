@@ -8,6 +8,7 @@ import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
 from itertools import count
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -124,6 +125,9 @@ def test_what_the_domain_fold_refuses_is_a_break() -> None:
          3, "Deposited on a frozen account"),
         ([recorded(2, "Deposited", entry_id="e1", amount_minor=5), recorded(3, "AccountClosed")],
          3, "closed with a balance of 5"),
+        ([hold(2, "HoldPlaced", hold_id="t1:l1:credit", side="credit"),
+          recorded(3, "AccountClosed")],
+         3, "closed with a balance of 0 and 1 open hold(s)"),
     ],
 )  # fmt: skip
 def test_an_event_that_breaks_a_money_rule_is_a_break_though_it_folds(
@@ -155,6 +159,36 @@ def test_a_balances_row_equal_to_the_fold_has_no_difference() -> None:
     assert difference is not None
     assert "posted_minor is 10 in the row but 9 by the events" in difference
     assert "status is frozen in the row but open by the events" in difference
+
+
+@pytest.mark.parametrize(
+    ("name", "in_row"),
+    [("owner", "someone else"), ("currency", "EUR"), ("overdraft_limit_minor", 500),
+     ("pending_debits_minor", 300), ("pending_credits_minor", 300), ("version", 3)],
+)  # fmt: skip
+def test_a_balances_row_differing_from_the_fold_in_any_field_is_named(
+    name: str, in_row: Any
+) -> None:
+    state = folded(opened(), recorded(2, "Deposited", entry_id="e", amount_minor=9)).state
+    assert state is not None
+
+    difference = balances_difference(replace(state, **{name: in_row}), state)
+
+    assert difference is not None
+    assert f"{name} is {in_row} in the row but {getattr(state, name)} by the events" in difference
+
+
+def test_a_balances_row_with_other_open_holds_than_the_fold_is_named() -> None:
+    state = folded(opened(), recorded(2, "Deposited", entry_id="e", amount_minor=1_000),
+                   hold(3, "HoldPlaced")).state  # fmt: skip
+    assert state is not None
+    released = replace(state, open_holds=MappingProxyType({}))
+
+    difference = balances_difference(released, state)
+
+    assert difference is not None
+    assert "open holds differ" in difference
+    assert "only by the events: ['t1:l1:debit']" in difference
 
 
 def test_entries_must_match_the_movements_and_sum_to_the_balance() -> None:
