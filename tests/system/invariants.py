@@ -15,6 +15,7 @@ from typing import Any, Final
 
 import httpx
 
+from account_service.contracts import HoldSide, hold_id
 from account_service.events import stream_of as account_stream
 from eventstore import rebuild, verify_chains
 from risk_service.events import stream_of as risk_stream
@@ -62,6 +63,32 @@ async def wait_saga_ended(client: httpx.AsyncClient, saga_id: str) -> dict[str, 
             if saga["status"] in SAGA_FINAL:
                 return saga
             await asyncio.sleep(0.05)
+
+
+async def wait_saga_status(client: httpx.AsyncClient, saga_id: str, status: str
+                           ) -> dict[str, Any]:  # fmt: skip
+    """The saga once its status is `status` (it may not have started yet); fails if it
+    ends otherwise, or after SETTLE_TIMEOUT_S."""
+    last = "not started"
+    try:
+        async with asyncio.timeout(SETTLE_TIMEOUT_S):
+            while True:
+                response = await client.get(f"/v1/sagas/{saga_id}")
+                if response.status_code == 404:  # its transfer's event is on its way
+                    await asyncio.sleep(0.1)
+                    continue
+                saga: dict[str, Any] = expect(response, 200)
+                last = f"{saga['status']}, steps {saga['steps']}"
+                if saga["status"] == status:
+                    return saga
+                assert saga["status"] not in SAGA_FINAL, (
+                    f"saga {saga_id} ended {saga['status']} ({saga['reason']}) before it was"
+                    f" {status}: steps {saga['steps']}"
+                )
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        raise AssertionError(f"saga {saga_id} was not {status} after {SETTLE_TIMEOUT_S} s:"
+                             f" {last}") from None  # fmt: skip
 
 
 async def check_snapshot(system: SystemUnderTest, model: LedgerModel) -> None:
@@ -120,10 +147,11 @@ async def check_quiescent(system: SystemUnderTest, model: LedgerModel) -> None:
     flight (after `settle_all`); `check_stores` checks the stores as a whole."""
     assert not model.pending(), "settle_all first"
     client = system.http()
-    await _check_settlements(client, model)
+    sagas = await _check_settlements(client, model)
     await _check_accounts(client, model)
-    await _check_holds(system, model)
+    await _check_holds(system, model, sagas)
     await _check_risk(client, model)
+    await _check_risk_decisions(client, model, sagas)
     await check_snapshot(system, model)
     await _check_chains_of(system, model)
 
@@ -159,7 +187,11 @@ async def check_stores(system: SystemUnderTest) -> None:
             )
 
 
-async def _check_settlements(client: httpx.AsyncClient, model: LedgerModel) -> None:
+async def _check_settlements(client: httpx.AsyncClient, model: LedgerModel
+                             ) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Each settlement final with its saga's status, the saga's legs those requested; the
+    sagas by settlement id."""
+    sagas: dict[str, dict[str, Any]] = {}
     for settlement in model.settlements.values():
         path = f"/v1/{settlement.kind}s/{settlement.settlement_id}"
         body = expect(await client.get(path), 200)
@@ -167,6 +199,19 @@ async def _check_settlements(client: httpx.AsyncClient, model: LedgerModel) -> N
         assert body["status"] in FINAL, body
         saga = expect(await client.get(f"/v1/sagas/{settlement.settlement_id}"), 200)
         assert saga["status"] == body["status"], (saga["status"], body)
+        legs = [(leg["from_account"], leg["to_account"], leg["amount_minor"], leg["currency"])
+                for leg in saga["legs"]]  # fmt: skip
+        requested = [(leg.from_account, leg.to_account, leg.amount_minor, leg.currency)
+                     for leg in settlement.legs]  # fmt: skip
+        assert legs == requested, f"saga {settlement.settlement_id} settles {legs}, not {requested}"
+        sagas[settlement.settlement_id] = saga
+    return sagas
+
+
+def _compensated(saga: dict[str, Any], step: str) -> bool:
+    """Whether the saga's compensation `step` was answered."""
+    return any(s["step"] == step and s["is_compensation"] and s["outcome"] == "succeeded"
+               for s in saga["steps"])  # fmt: skip
 
 
 async def _check_accounts(client: httpx.AsyncClient, model: LedgerModel) -> None:
@@ -204,9 +249,12 @@ async def _entries(client: httpx.AsyncClient, account_id: str) -> list[dict[str,
             return entries
 
 
-async def _check_holds(system: SystemUnderTest, model: LedgerModel) -> None:
+async def _check_holds(system: SystemUnderTest, model: LedgerModel,
+                       sagas: dict[str, dict[str, Any]]) -> None:  # fmt: skip
     """No hold of a finished settlement is open; a completed one's are all posted, and
-    nothing of a rejected or failed one was posted."""
+    nothing of a rejected or failed one was posted. A saga that voided its reserve ended
+    both holds of every leg on every account there is (voided, or cancelled so that a late
+    reserve is refused): a void covers all the legs, not some."""
     store = system.store("account")
     rows = await store.pool.fetch(
         f"select hold_id, transfer_id, status from {store.schema}.holds"
@@ -214,15 +262,29 @@ async def _check_holds(system: SystemUnderTest, model: LedgerModel) -> None:
         list(model.settlements),
     )
     by_settlement: dict[str, list[str]] = {}
+    status_of: dict[str, str] = {}
     for row in rows:
         by_settlement.setdefault(row["transfer_id"], []).append(row["status"])
+        status_of[row["hold_id"]] = row["status"]
     for settlement_id, settlement in model.settlements.items():
         statuses = by_settlement.get(settlement_id, [])
         assert "open" not in statuses, f"{settlement_id} ({settlement.status}) left a hold open"
         if settlement.status == "completed":
             assert statuses == ["posted"] * 2 * len(settlement.legs), (settlement, statuses)
-        else:
-            assert "posted" not in statuses, (settlement, statuses)
+            continue
+        assert "posted" not in statuses, (settlement, statuses)
+        if not _compensated(sagas[settlement_id], "void"):
+            continue
+        for leg in sagas[settlement_id]["legs"]:
+            for side, account_id in ((HoldSide.DEBIT, leg["from_account"]),
+                                     (HoldSide.CREDIT, leg["to_account"])):  # fmt: skip
+                if account_id not in model.accounts:
+                    continue
+                held = hold_id(settlement_id, leg["leg_id"], side)
+                assert status_of.get(held) in ("voided", "cancelled"), (
+                    f"{settlement_id} ({settlement.status}) was voided, but its hold {held}"
+                    f" is {status_of.get(held, 'not there')}"
+                )
 
 
 async def _check_risk(client: httpx.AsyncClient, model: LedgerModel) -> None:
@@ -233,3 +295,50 @@ async def _check_risk(client: httpx.AsyncClient, model: LedgerModel) -> None:
             continue  # risk has not seen it yet, so it has approved nothing from it
         body = expect(response, 200)
         assert Decimal(body["open_exposure"]) == 0, f"exposure left open: {body}"
+
+
+async def _check_risk_decisions(client: httpx.AsyncClient, model: LedgerModel,
+                                sagas: dict[str, dict[str, Any]]) -> None:  # fmt: skip
+    """Risk decided on what moved: every leg of a completed settlement was approved on its
+    payer, for exactly the leg's amount, within the per-movement limit in force then, and
+    never refused; a released or refused leg is not what the ledger completed."""
+    decisions: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for account_id in model.accounts:
+        for decision in await _decisions(client, account_id):
+            decisions.setdefault((decision["transfer_id"], decision["leg_id"]), []
+                                 ).append(decision)  # fmt: skip
+    for settlement_id, settlement in model.settlements.items():
+        if settlement.status != "completed":
+            continue
+        for leg in sagas[settlement_id]["legs"]:
+            found = decisions.get((settlement_id, leg["leg_id"]), [])
+            where = f"{settlement.kind} {settlement_id} leg {leg['leg_id']}"
+            refused = [d for d in found if d["outcome"] != "approved"]
+            assert not refused, f"{where} completed though risk refused it: {refused}"
+            assert found, f"{where} completed with no approval of risk on its payer"
+            currency = leg["currency"]
+            for decision in found:
+                assert decision["account_id"] == leg["from_account"], (where, decision)
+                assert minor(decision["amount"], currency) == leg["amount_minor"], (
+                    f"{where} moved {leg['amount_minor']} minor units, risk approved"
+                    f" {decision['amount']} {currency}"
+                )
+                limit = decision["limits"]["max_transfer"]
+                assert limit is None or minor(limit, currency) >= leg["amount_minor"], (
+                    f"{where} moved {leg['amount_minor']} minor units over the payer's limit"
+                    f" {limit} {currency}: {decision}"
+                )
+
+
+async def _decisions(client: httpx.AsyncClient, account_id: str) -> list[dict[str, Any]]:
+    decisions: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:
+        params: dict[str, Any] = {"account": account_id, "limit": 500}
+        if cursor:
+            params["cursor"] = cursor
+        page = expect(await client.get("/v1/risk/decisions", params=params), 200)
+        decisions.extend(page["items"])
+        cursor = page["next"]
+        if not cursor:
+            return decisions

@@ -4,11 +4,16 @@ Each example is a random program against the running system (one host for the pa
 open accounts for a few owners of its own in two assets, deposit, withdraw, freeze and
 unfreeze, set risk limits, request transfers and trades (valid ones and every kind of
 invalid one), replay Idempotency-Keys, and restart the orchestrator or the whole host in
-the middle of it all. A model kept by the test says what each answer may be and what each
-account must hold. After every step the balances must conserve money, no account may be
-overdrawn and every account that no settlement in flight touches must equal the model; at
-the end, once every saga has ended, every invariant of DESIGN section 3 is checked
-(`invariants.check_quiescent`).
+the middle of it all. Every program also settles a transfer over its payer's risk limit and a
+trade its seller cannot deliver (risk approves both legs, the account service refuses the
+reserve, so both exposures must be released); the first program of a run (and every
+`STALL_EVERY`-th) settles a trade while another transaction holds its accounts' streams past
+every attempt of its reserve, so the saga gives up on a reserve that lands afterwards, and
+its void must end the holds of both legs. A model kept by the test says what each answer
+may be and what each account must hold. After every step the balances must conserve money,
+no account may be overdrawn and every account that no settlement in flight touches must
+equal the model; at the end, once every saga has ended, every invariant of DESIGN section 3
+is checked (`invariants.check_quiescent`), with what risk decided on each leg that moved.
 
     pytest tests/system                               # the `ci` profile: about a minute
     pytest tests/system --hypothesis-profile=long     # 200 programs of up to 50 steps
@@ -24,6 +29,7 @@ from collections import Counter
 from collections.abc import Coroutine
 from typing import Any, ClassVar, Final, TypeVar
 
+import asyncpg
 import httpx
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -35,6 +41,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from account_service.repository import lock_streams
 from tests.system.bodies import (
     AMOUNTS,
     INVALID_REQUESTS,
@@ -57,6 +64,7 @@ from tests.system.invariants import (
     minor,
     settle_all,
     wait_final,
+    wait_saga_status,
 )
 from tests.system.model import (
     AccountModel,
@@ -72,6 +80,14 @@ MAX_FAULTS: Final = 2
 """Restarts per program: enough to hit sagas in flight, few enough to stay quick."""
 STORE_CHECK_EVERY: Final = 25
 """Programs between two checks of whole stores (chains, read models against rebuilds)."""
+STALL_EVERY: Final = 25
+"""Programs between two stalled trades (the first program of a run has one): each waits
+for every attempt of a reserve to time out, about 17 s."""
+STALLED_QUANTITY: Final = 7
+FUNDING_MINOR: Final = 50_000
+TRADE_QUANTITIES: Final = st.one_of(st.integers(1, 40), st.integers(40_000, 60_000))
+"""Mostly small; sometimes more than a seller holds (risk approves it, the account service
+refuses the reserve, and both legs' exposures are released)."""
 
 
 class LedgerMachine(RuleBasedStateMachine):
@@ -120,12 +136,91 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @initialize(data=st.data())
     def open_fund_and_settle(self, data: st.DataObject) -> None:
-        """Every program starts with funded accounts, one transfer and one trade."""
+        """Every program starts with funded accounts, one transfer and one trade, a transfer
+        over a risk limit and a trade the seller cannot deliver (refused, so compensated);
+        now and then, a trade whose reserve is stalled past its saga's retries."""
+        program = LedgerMachine.tally["programs started"]
+        LedgerMachine.tally["programs started"] += 1
         for index, currency in enumerate((USD, USD, USD, ACME, ACME)):
             account_id = self.open(index % OWNERS, currency, None)
-            self.do(self._deposit(account_id, 50_000))
+            self.do(self._deposit(account_id, FUNDING_MINOR))
         self.do(self._settle([self.transfer_between_accounts(data)], is_waited=True))
         self.do(self._settle([self.trade_between_accounts(data)], is_waited=True))
+        self.transfer_over_a_limit(data)
+        self.trade_the_seller_cannot_deliver(data)
+        if program % STALL_EVERY == 0:  # draws nothing: which program stalls is not data
+            self.trade_with_a_stalled_reserve()
+
+    def transfer_over_a_limit(self, data: st.DataObject) -> None:
+        """A per-movement limit on a payer (funded for more), and a transfer above it that
+        risk must refuse: nothing moves, whatever the funds."""
+        self.log("transfer over a limit")
+        cash = self.model.ids_of(USD)
+        payer, payee = self.model.accounts[cash[2]], cash[0]
+        limit = data.draw(st.sampled_from([1_000, 20_000]), label="limit")
+        amount_minor = data.draw(st.integers(limit + 1, limit + 10_000), label="over the limit")
+        self.do(self._set_max_transfer(payer.account_id, limit))
+        self.fund(payer.account_id, amount_minor)
+        request = transfer_request(payer.account_id, payee, amount_minor, USD)
+        self.do(self._settle([request], is_waited=True))
+        settlement = list(self.model.settlements.values())[-1]
+        assert (settlement.status, settlement.reason) == ("rejected", "limit_exceeded"), (
+            f"a transfer of {amount_minor} minor units from {payer.account_id}, whose limit is"
+            f" {limit}, ended {settlement.status} ({settlement.reason})"
+        )
+
+    def trade_the_seller_cannot_deliver(self, data: st.DataObject) -> None:
+        """A trade risk approves on both payers (no limits) that the account service
+        refuses: the seller holds less of the instrument than it sells."""
+        self.log("trade the seller cannot deliver")
+        cash, assets = self.model.ids_of(USD), self.model.ids_of(ACME)
+        seller_asset = self.model.accounts[assets[1]]
+        quantity = seller_asset.spendable_minor + data.draw(st.integers(1, 1_000), label="short by")
+        request = trade_request(Party(cash[0], assets[0]), Party(cash[1], assets[1]), quantity, 1)
+        self.do(self._settle([request], is_waited=True))
+        settlement = list(self.model.settlements.values())[-1]
+        assert (settlement.status, settlement.reason) == ("rejected", "insufficient_funds"), (
+            f"a trade of {quantity} ACME from a seller holding {seller_asset.balance_minor}"
+            f" ended {settlement.status} ({settlement.reason})"
+        )
+
+    def trade_with_a_stalled_reserve(self) -> None:
+        """A fault: a valid trade while another transaction holds its accounts' streams,
+        until its saga has given up on the reserve. The reserve then lands, placing every
+        leg's holds, and the saga's void must end them all."""
+        self.log("trade with a stalled reserve")
+        LedgerMachine.tally["trades with a stalled reserve"] += 1
+        self.do(settle_all(self.system, self.model))  # nothing else waits on those accounts
+        cash, assets = self.model.ids_of(USD), self.model.ids_of(ACME)
+        request = trade_request(Party(cash[0], assets[0]), Party(cash[1], assets[1]),
+                                STALLED_QUANTITY, 100)  # fmt: skip
+        for leg in request.legs:  # enough for the reserve to place every hold when it lands
+            self.fund(leg.from_account, leg.amount_minor)
+        self.do(self._stalled(request))
+
+    async def _stalled(self, request: SettlementRequest) -> None:
+        store = self.system.store("account")
+        accounts = sorted({a for leg in request.legs for a in (leg.from_account, leg.to_account)})
+        assert self.system.settings.database_url is not None, "the system has a database"
+        connection = await asyncpg.connect(self.system.settings.database_url)
+        try:
+            # A writer holding the accounts' streams (the lock every account write queues on
+            # first): it takes no transaction id, so it holds back no relay or subscription.
+            async with connection.transaction():
+                await lock_streams(store, connection, accounts)
+                settlement = await self._request(request, None)
+                saga = await wait_saga_status(self.client, settlement.settlement_id,
+                                              "compensating")  # fmt: skip
+                self.log(f"  {settlement.settlement_id} compensating: {saga['reason']}")
+        finally:
+            await connection.close()
+        final = await wait_final(self.client, settlement)
+        self.log(f"  {final['id']}: {final['status']} {final['reason'] or ''}")
+        self.model.settled(settlement.settlement_id, final["status"], final["reason"])
+        assert (final["status"], final["reason"]) == ("failed", "retries_exhausted"), (
+            f"a trade whose reserve never answered in time ended {final['status']}"
+            f" ({final['reason']}: {final['detail']}); steps {final['steps']}"
+        )
 
     @rule(data=st.data(), action=st.sampled_from(ACCOUNT_ACTIONS))
     def change_an_account(self, data: st.DataObject, action: str) -> None:
@@ -150,6 +245,13 @@ class LedgerMachine(RuleBasedStateMachine):
         else:
             limit = data.draw(st.sampled_from([None, 0, 1_000, 20_000]), label="max transfer")
             self.do(self._set_max_transfer(account_id, limit))
+
+    def fund(self, account_id: str, amount_minor: int) -> None:
+        """Deposit what the account lacks to pay `amount_minor` (no settlement in flight
+        touches it)."""
+        lacking = amount_minor - self.model.accounts[account_id].spendable_minor
+        if lacking > 0:
+            self.do(self._deposit(account_id, lacking))
 
     def open(self, owner: int, currency: str, overdraft_minor: int | None) -> str:
         body: dict[str, Any] = {"owner": self.owners[owner], "currency": currency}
@@ -287,7 +389,7 @@ class LedgerMachine(RuleBasedStateMachine):
         seller_cash = self.pick(data, [i for i in cash if i != buyer_cash], "seller cash")
         seller_asset = self.pick(data, assets, "seller asset")
         buyer_asset = self.pick(data, [i for i in assets if i != seller_asset], "buyer asset")
-        quantity = data.draw(st.integers(1, 40), label="quantity")
+        quantity = data.draw(TRADE_QUANTITIES, label="quantity")
         price_cents = data.draw(st.sampled_from([1, 100, 250, 1234]), label="price in cents")
         return trade_request(Party(buyer_cash, buyer_asset), Party(seller_cash, seller_asset),
                              quantity, price_cents)  # fmt: skip
