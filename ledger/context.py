@@ -21,7 +21,11 @@ CAUSATION_HEADER: Final = "X-Causation-Id"
 TRACEPARENT_HEADER: Final = "traceparent"
 ACTOR_HEADER: Final = "X-Actor"
 
-_TRACEPARENT: Final = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+_TRACEPARENT: Final = re.compile(
+    r"^00-(?!0{32}-)([0-9a-f]{32})-(?!0{16}-)([0-9a-f]{16})-([0-9a-f]{2})$"
+)
+"""Version 00 of W3C Trace Context; an all-zero trace id or parent id is invalid there, and a
+receiver must start a trace of its own rather than carry it on."""
 _MAX_ID_LENGTH: Final = 128
 
 

@@ -12,10 +12,12 @@ sent carries the same command id as the new holder's resend, so it is applied on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from typing import Final
 
@@ -83,8 +85,9 @@ class Orchestrator:
         self._definition = definition
         self._clock = clock
         self._notifier = notifier
-        self._leased: set[str] = set()
-        """Sagas this worker advances now, under its lease."""
+        self._leased: dict[str, context.RequestContext | None] = {}
+        """Sagas this worker advances now, under its lease, with the request context of each
+        once its turn has read it (the turn's own log lines carry it)."""
         self.starter = SagaStarter(store, settings.saga_deadline_s, clock)
         """Starts sagas (the saga service's starter consumer hands it the trade's events)."""
         self._recorder = SagaRecorder(store, definition, self.owner, self._lease_until)
@@ -171,15 +174,17 @@ class Orchestrator:
         per saga is saved."""
         not_before: datetime | None = None
         has_stopped = False
-        self._leased.add(saga_id)
+        self._leased[saga_id] = None
         try:
             ended = await self._advance(saga_id)
             has_stopped = isinstance(ended, Idle)
             not_before = ended.until if isinstance(ended, Wait) else None
         except LeaseLost:
-            _log.warning("lease on saga %s lost to another orchestrator", saga_id)
+            with self._in_context_of(saga_id):
+                _log.warning("lease on saga %s lost to another orchestrator", saga_id)
         except ConcurrencyError:
-            _log.warning("saga %s was advanced by another orchestrator; dropped", saga_id)
+            with self._in_context_of(saga_id):
+                _log.warning("saga %s was advanced by another orchestrator; dropped", saga_id)
         except Exception:
             # The saga stays due; the next claim retries it after a pause that grows with
             # each turn failing in a row, from saga_backoff_first_s: a burst of transient
@@ -187,16 +192,23 @@ class Orchestrator:
             # flight for saga_backoff_max_s.
             failures = self._failed_turn(saga_id)
             not_before = self._policy.retry_at(self._clock(), failures, random.random())
-            _log.exception("advancing saga %s failed (%d turn(s) in a row); retry at %s",
-                           saga_id, failures, not_before.isoformat())  # fmt: skip
+            with self._in_context_of(saga_id):
+                _log.exception("advancing saga %s failed (%d turn(s) in a row); retry at %s",
+                               saga_id, failures, not_before.isoformat())  # fmt: skip
         else:
             self._failed_turns.pop(saga_id, None)
         finally:
-            self._leased.discard(saga_id)
+            self._leased.pop(saga_id, None)
             if not has_stopped:
                 await runs.release_lease(
                     self._store.pool, self._store.schema, saga_id, self.owner, not_before
                 )
+
+    def _in_context_of(self, saga_id: str) -> AbstractContextManager[object]:
+        """The leased saga's request context bound, once its turn has read it (before that,
+        nothing is bound: a log line says only what it knows)."""
+        known = self._leased.get(saga_id)
+        return contextlib.nullcontext() if known is None else context.bound(known)
 
     def _failed_turn(self, saga_id: str) -> int:
         """Count a failed turn of the saga; how many failed in a row, this one included."""
@@ -219,7 +231,10 @@ class Orchestrator:
         recorded = state = loaded.state
         pending: tuple[SagaEvent, ...] = ()
         first = loaded.events[0]
-        with context.bound(context.from_metadata(first.metadata, str(first.event_id))):
+        saga_context = context.from_metadata(first.metadata, str(first.event_id))
+        if saga_id in self._leased:
+            self._leased[saga_id] = saga_context  # for the turn's log lines after it ends
+        with context.bound(saga_context):
             for _ in range(_MAX_ACTIONS_PER_CLAIM):
                 action = next_action(self._definition, state, self._clock())
                 match action:

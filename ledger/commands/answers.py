@@ -95,14 +95,15 @@ class Answers:
 
     async def answer(self, endpoint: Endpoint, request: Request) -> tuple[Outcome, Envelope]:
         """Parse, then execute in the sender's context; every failure becomes an error reply."""
+        sent = from_headers(request.headers)
         try:
             command = endpoint.request_model.model_validate_json(request.data)
         except ValidationError as error:
             description = describe_invalid(endpoint.subject, error)
-            _log.warning("%s", description)
+            with bound(sent):  # the sender's correlation and trace, to find who sent it
+                _log.warning("%s", description)
             return "error", error_envelope("400", description)
-        context = from_headers(request.headers).caused_by(str(command.command_id))
-        return await self.answer_in(endpoint, command, context)
+        return await self.answer_in(endpoint, command, sent.caused_by(str(command.command_id)))
 
     async def answer_in(
         self, endpoint: Endpoint, command: Command, context: RequestContext

@@ -24,6 +24,7 @@ from ledger.commands import (
     CommandService,
 )
 from ledger.context import bound, current, new_context
+from tests.integration.json_logs import json_lines
 
 DEPOSIT_LIMIT_MINOR = 1_000
 
@@ -319,6 +320,23 @@ async def test_the_senders_correlation_reaches_the_appended_events_metadata(
     assert event.metadata["causation_id"] == str(command.command_id)
     assert event.metadata["actor"] == "teller-7"
     assert event.metadata["traceparent"].split("-")[1] == sender.trace_id
+
+
+async def test_an_invalid_command_is_logged_with_its_senders_correlation_and_trace(
+    nc: Client, store: EventStore, service_name: str
+) -> None:
+    sender = new_context(actor="teller-7")
+    with json_lines("ledger.commands.answers") as lines:
+        async with serving(nc, store, service_name, DepositEndpoint()):
+            answer = await nc.request(f"{service_name}.deposit", b'{"amount_minor": "lots"}',
+                                      timeout=2.0, headers=sender.as_headers())  # fmt: skip
+
+    assert orjson.loads(answer.data)["code"] == "400"
+    [warning] = [line for line in lines if line["level"] == "WARNING"]
+    assert "invalid" in str(warning["message"])
+    assert warning["correlation_id"] == sender.correlation_id
+    assert warning["trace_id"] == sender.trace_id
+    assert warning["actor"] == "teller-7"
 
 
 async def test_an_unexpected_failure_is_an_error_reply_that_records_nothing(

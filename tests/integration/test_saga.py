@@ -23,6 +23,7 @@ import orjson
 import pytest
 
 from eventstore import EventStore, UnitOfWork
+from ledger import context
 from ledger.commands import CommandClient, CommandRefused, CommandService
 from ledger.host import Service, ServiceHost, running
 from ledger.http import create_app
@@ -30,8 +31,11 @@ from ledger.settings import Settings
 from risk_service.contracts import Assess, Decision, Movement
 from saga import Orchestrator, Participants, SagaService
 from saga.clock import DatabaseClock
-from saga.decisions import Action
+from saga.contracts import SagaEvent
+from saga.decisions import Action, Send
+from saga.state import SagaState
 from tests.integration.authorized import authorized_client
+from tests.integration.json_logs import json_lines
 from tests.integration.renamed_services import RenamedAccount, RenamedRisk
 from trade_service.contracts import (
     CompleteSettlement,
@@ -462,6 +466,45 @@ async def test_a_turn_that_fails_unexpectedly_is_retried_after_the_first_backoff
 
     assert saga["status"] == "completed", saga
     assert (await account(client, payee))["balance"] == "1.00"
+
+
+class _FailsMidTurn(Orchestrator):
+    """An orchestrator whose first send on each saga fails unexpectedly, its step recorded."""
+
+    failed: ClassVar[set[str]] = set()
+
+    async def _perform(self, state: SagaState, send: Send) -> tuple[SagaEvent, ...]:
+        if state.saga_id not in self.failed:
+            self.failed.add(state.saga_id)
+            raise RuntimeError("NATS went away mid-step")
+        return await super()._perform(state, send)
+
+
+async def test_a_failed_turn_is_logged_with_the_sagas_correlation_and_trace(
+    host: ServiceHost, client: httpx.AsyncClient, trade: Trade
+) -> None:
+    payer, payee = await funded_account(client, "3.00"), await funded_account(client, None)
+    await known_to_risk(client, payer, payee)
+    request = transfer(payer, payee, 100)
+    requested = context.new_context(actor="teller-7")
+    with context.bound(requested):
+        await start(host, request)
+    runtime = host.runtimes["saga"]
+    orchestrator = _FailsMidTurn(runtime.store, runtime.nc, runtime.settings,
+                                 participants=PARTICIPANTS)  # fmt: skip
+    with json_lines("saga.orchestrator") as logs:
+        while request.transfer_id not in orchestrator.failed:  # other tests' sagas may be due
+            await orchestrator.run_once()
+
+    [failure] = [line for line in logs
+                 if line["message"].startswith(f"advancing saga {request.transfer_id} failed")]
+    assert "RuntimeError: NATS went away mid-step" in failure["exception"]
+    assert failure["correlation_id"] == requested.correlation_id
+    assert failure["trace_id"] == requested.trace_id
+    assert failure["actor"] == "teller-7"
+    async with orchestrators(host):
+        saga = await settled(client, request.transfer_id)
+    assert saga["status"] == "completed", saga
 
 
 async def test_a_deadline_between_attempts_voids_the_reserve_that_went_unanswered(

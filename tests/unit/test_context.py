@@ -25,3 +25,16 @@ def test_a_service_passes_the_actor_on_over_nats() -> None:
 
     assert received.actor == "teller-7"
     assert received.correlation_id == sent.correlation_id
+
+
+def test_an_all_zero_trace_or_parent_id_is_not_carried_on() -> None:
+    # W3C Trace Context: both are invalid; every client sending them would share one trace.
+    zero_trace = f"00-{'0' * 32}-00f067aa0ba902b7-01"
+    zero_parent = f"00-4bf92f3577b34da6a3ce929d0e0e4736-{'0' * 16}-01"
+
+    for traceparent in (zero_trace, zero_parent):
+        given = context.from_client_headers({"traceparent": traceparent})
+
+        assert given.trace_id != "0" * 32
+        assert given.trace_id != "4bf92f3577b34da6a3ce929d0e0e4736"
+        assert given.caused_by("e-1").trace_id == given.trace_id
