@@ -13,7 +13,7 @@ import orjson
 
 from eventstore import EventStore, Position
 from ledger.problems import Problem
-from ledger.validation import commit_place_of, is_position
+from ledger.validation import is_position
 
 
 def encode_cursor(kind: str, after: Position | str | int) -> str:
@@ -36,29 +36,20 @@ def cursor_key(cursor: str, kind: str) -> object:
     return key
 
 
-def decode_cursor(cursor: str | None, kind: str) -> Position | int | None:
-    """The place a cursor of `kind` holds (None without a cursor); 422 for any other text.
+async def place_after(store: EventStore, cursor: str | None, kind: str) -> Position | None:
+    """Where the next page of the list `kind` starts in `store` (None: at its beginning);
+    422 for a cursor no list gave out.
 
-    A cursor from before the list paged in commit order holds a bare global position: the
-    caller finds that event's place (`EventStore.place_of`) or refuses it."""
+    A cursor from before the list paged in commit order holds a bare global position: it
+    starts at that event's place (`EventStore.place_of`)."""
     if cursor is None:
         return None
     after = cursor_key(cursor, kind)
-    place = commit_place_of(after)
-    if place is not None:
-        return place
-    if is_position(after):
-        assert isinstance(after, int), "a position is an int"
-        return after
-    raise invalid_cursor()
-
-
-async def place_after(store: EventStore, cursor: str | None, kind: str) -> Position | None:
-    """Where the next page of the list `kind` starts in `store` (None: at its beginning);
-    422 for a cursor no list gave out."""
-    after = decode_cursor(cursor, kind)
-    if not isinstance(after, int):
-        return after
+    if type(after) is list and len(after) == 2 and all(is_position(v) for v in after):
+        return Position(after[0], after[1])
+    if not is_position(after):
+        raise invalid_cursor()
+    assert isinstance(after, int), "a position is an int"
     place = await store.place_of(after)
     if place is None:
         raise invalid_cursor()

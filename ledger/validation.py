@@ -10,8 +10,6 @@ from typing import Annotated, Final
 
 from pydantic import AfterValidator, AwareDatetime, BeforeValidator
 
-from eventstore import Position
-
 MAX_POSITION: Final = 2**63 - 1
 """The largest PostgreSQL bigint: no global position or stream version is beyond it."""
 _RFC3339_START: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}")
@@ -41,11 +39,3 @@ def is_position(value: object) -> bool:
     """Whether `value` could be a global position or a stream version (a forged cursor's
     key may be any JSON number)."""
     return type(value) is int and 0 <= value <= MAX_POSITION
-
-
-def commit_place_of(value: object) -> Position | None:
-    """The place in commit order a forged or genuine cursor key `[tx_id, global_position]`
-    names, or None when it could not be one."""
-    if type(value) is not list or len(value) != 2 or not all(is_position(v) for v in value):
-        return None
-    return Position(value[0], value[1])
