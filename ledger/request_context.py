@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ledger import context, metrics
+from ledger.auth.policy import template_of
 from ledger.problems import internal_error_response
 
 _UNMATCHED_ROUTE: Final = "unmatched"
@@ -71,5 +72,12 @@ class RequestContextMiddleware:
 
 
 def _route_template(scope: Scope) -> str:
-    """The route's path template, so metrics have one series per route, not per id."""
-    return str(getattr(scope.get("route"), "path", _UNMATCHED_ROUTE))
+    """The route's path template, so metrics have one series per route, not per id.
+
+    The access gate answers some requests (401, 413, 429) before the router sees them; they
+    are timed under the template of the route they were for, from the table of scopes.
+    """
+    route = scope.get("route")
+    if route is not None:
+        return str(getattr(route, "path", _UNMATCHED_ROUTE))
+    return template_of(scope["path"]) or _UNMATCHED_ROUTE

@@ -12,8 +12,11 @@ Health, metrics and the API docs are public: probes and scrapers carry no tokens
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Final
+
+from starlette.routing import compile_path
 
 from ledger.auth.scopes import Principal, Scope
 from ledger.problems import Problem
@@ -76,6 +79,17 @@ ROUTES: Final[dict[tuple[str, str], Rule]] = {
     ("GET", "/v1/streams/{stream_id}/events"): _AUDIT,
 }
 """(method, path template) -> rule. Absent: `admin` only."""
+
+
+_TEMPLATES: Final[tuple[tuple[re.Pattern[str], str], ...]] = tuple(
+    (compile_path(template)[0], template) for template in sorted({path for _, path in ROUTES})
+)
+
+
+def template_of(path: str) -> str | None:
+    """The path template of the table's route that `path` is for, or None. For the requests
+    the access gate answers before any route has matched them (401, 413, 429)."""
+    return next((template for pattern, template in _TEMPLATES if pattern.match(path)), None)
 
 
 def is_public(path: str) -> bool:

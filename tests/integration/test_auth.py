@@ -163,6 +163,20 @@ async def test_a_request_without_a_token_is_401_with_a_bearer_challenge(
     assert "X-Correlation-Id" in response.headers
 
 
+async def test_an_answer_of_the_gate_is_timed_under_the_route_it_was_for(
+    database_url: str, nats_url: str
+) -> None:
+    async with client_of(gate_app(database_url, nats_url)) as client:
+        refused = await client.get("/v1/streams/note-1/events")
+        missing = await client.get("/v1/no-such-route")
+        metrics = (await client.get("/metrics")).text
+
+    assert (refused.status_code, missing.status_code) == (401, 401)
+    assert ('ledger_http_request_seconds_count{method="GET",'
+            'route="/v1/streams/{stream_id}/events",status="401"}') in metrics
+    assert 'route="unmatched",status="401"}' in metrics
+
+
 async def test_health_metrics_and_the_api_docs_need_no_token(
     database_url: str, nats_url: str
 ) -> None:
