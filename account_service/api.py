@@ -228,13 +228,15 @@ async def balance(account_id: ReadableAccountId, runtime: AccountRuntime, as_of:
 
 @router.get("/{account_id}/events", responses=_UNKNOWN)
 async def list_events(
-    account_id: ReadableAccountId, runtime: AccountRuntime, limit: Limit = DEFAULT_PAGE_ITEMS,
-    cursor: Cursor = None,
+    account_id: ReadableAccountId, runtime: AccountRuntime, principal: CurrentPrincipal,
+    limit: Limit = DEFAULT_PAGE_ITEMS, cursor: Cursor = None,
 ) -> EventPage:
-    """The account's stored events, the audit trail, with their chain hashes."""
+    """The account's stored events, the audit trail, with their chain hashes. A token bound
+    to an owner sees the request identity (actor, correlation, trace) of its own requests
+    only."""
     after = decode_cursor(cursor, "events", int)
     events = await queries.audit_events(runtime.store, account_id, after=after, limit=limit + 1)
-    items = [audit_event_of(event) for event in events[:limit]]
+    items = [audit_event_of(event, principal) for event in events[:limit]]
     is_more = len(events) > limit
     return EventPage(
         items=items, next=encode_cursor("events", items[-1].stream_version) if is_more

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from account_service.domain import AccountState
 from account_service.errors import AccountError, InsufficientFunds
 from eventstore import RecordedEvent
+from ledger.auth import Principal, metadata_for
 from ledger.cursors import cursor_key, invalid_cursor
 from ledger.money import AmountError, Assets
 from ledger.problems import Problem
@@ -166,12 +167,14 @@ def balance_of(
     )
 
 
-def audit_event_of(event: RecordedEvent) -> AuditEvent:
-    """The raw event as stored, with its chain hashes in hex."""
+def audit_event_of(event: RecordedEvent, reader: Principal) -> AuditEvent:
+    """The event as stored, with its chain hashes in hex, and of its metadata what `reader`
+    may see (`ledger.auth.metadata_for`: an owner's token, only its own requests')."""
     return AuditEvent(
         global_position=event.global_position, stream_id=event.stream_id,
         stream_version=event.stream_version, event_id=str(event.event_id),
-        event_type=event.event_type, data=event.data, metadata=event.metadata,
+        event_type=event.event_type, data=event.data,
+        metadata=metadata_for(reader, event.metadata),
         recorded_at=event.recorded_at, hash=event.hash.hex(), prev_hash=event.prev_hash.hex(),
     )
 

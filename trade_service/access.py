@@ -8,7 +8,8 @@ exist, checked before a `?wait` so that waiting tells nothing either. It lists b
 own accounts (`?account=`). Why a settlement was refused, in free text (its `detail` and its
 steps'), is the payers' business: their limits, their outflow, the note risk blocked them
 with. A token bound to an owner reads it only when that owner pays every leg; others see the
-status and the `reason` code. The trade service does not know owners: it asks the account
+status and the `reason` code. Nor does such a token read which operator retried a parked
+saga (a step's detail). The trade service does not know owners: it asks the account
 service (`ledger.auth.owners`). Tokens without an owner pass without asking.
 """
 
@@ -26,7 +27,13 @@ from ledger.host import Runtime
 from ledger.problems import Problem
 from trade_service import queries
 from trade_service.domain import SettlementKind, SettlementNotFound
-from trade_service.views import ID_PATTERN, SettlementView, legs_of, without_details
+from trade_service.views import (
+    ID_PATTERN,
+    SettlementView,
+    legs_of,
+    without_details,
+    without_operators,
+)
 
 _Runtime = Annotated[Runtime, Depends(runtime_of("trade"))]
 _IdPath = Annotated[str, Path(pattern=ID_PATTERN)]
@@ -81,7 +88,11 @@ def may_read_details(row: Any, owned: frozenset[str] | None) -> bool:
 
 
 def as_readable(view: SettlementView, row: Any, owned: frozenset[str] | None) -> SettlementView:
-    """`view` of `row`, without why it was refused (in free text) unless `may_read_details`."""
+    """`view` of `row`, without why it was refused (in free text) unless `may_read_details`,
+    and for a token bound to an owner, without who retried it (`without_operators`)."""
+    if owned is None:
+        return view
+    view = without_operators(view)
     return view if may_read_details(row, owned) else without_details(view)
 
 

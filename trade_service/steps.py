@@ -32,6 +32,7 @@ from ledger.consumers import (
 from saga.contracts import CATEGORY as SAGA_CATEGORY
 from saga.contracts import EVENT_TYPES as SAGA_EVENT_TYPES
 from trade_service.projections import TABLE as SETTLEMENTS
+from trade_service.views import RETRIED
 
 TABLE: Final = "settlement_steps"
 SAGA_SUBJECTS: Final = f"{EVENTS_SUBJECT_PREFIX}.saga.>"
@@ -55,7 +56,7 @@ _OUTCOME_BY_TYPE: Final = {
     "SagaRejected": "rejected",
     "SagaFailed": "failed",
     "SagaParked": "parked",
-    "SagaRetried": "retried",
+    "SagaRetried": RETRIED,
 }
 assert set(_OUTCOME_BY_TYPE) <= set(SAGA_EVENT_TYPES), "steps follow the saga's contract"
 

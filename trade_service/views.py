@@ -24,6 +24,8 @@ from trade_service.domain import (
     SettlementNotFound,
 )
 
+RETRIED: Final = "retried"
+"""The outcome of the step an operator sent a parked saga on with; its detail names them."""
 ID_PATTERN: Final = r"^[A-Za-z0-9_.:-]{1,100}$"
 """Account and settlement ids, as the trade service's events accept them."""
 MAX_CURSOR_CHARS: Final = 200
@@ -170,6 +172,15 @@ def without_details(view: SettlementView) -> SettlementView:
     reader who does not pay every leg (`trade_service.access.may_read_details`)."""
     steps = [step.model_copy(update={"detail": None}) for step in view.steps]
     return view.model_copy(update={"detail": None, "steps": steps})
+
+
+def without_operators(view: SettlementView) -> SettlementView:
+    """`view` without who sent its parked saga on (a `RETRIED` step's detail is "by <the
+    operator's token subject>"), for a token bound to an owner: the back office's identity
+    is not a customer's to read (`ledger.auth.metadata_for` keeps it out of event metadata)."""
+    steps = [step.model_copy(update={"detail": None}) if step.outcome == RETRIED else step
+             for step in view.steps]
+    return view.model_copy(update={"steps": steps})
 
 
 def problem_of(error: SettlementError | AmountError) -> Problem:

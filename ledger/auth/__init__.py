@@ -7,10 +7,12 @@
         require_acts_for(principal, account_owner, "withdraw from this account")
 
 Tokens are JWTs (`tokens`), scopes and principals are in `scopes`, the route table in
-`policy`, owner lookups across services in `owners`.
+`policy`, owner lookups across services in `owners`, what a reader may see of who did what
+in `disclosure`.
 """
 
 from ledger.auth.dependencies import CurrentPrincipal, authorize_route, principal_of
+from ledger.auth.disclosure import metadata_for
 from ledger.auth.install import AUTH_OFF_WARNING, gate_of, install_access_control, verifier_of
 from ledger.auth.keys import KeyConfigError, has_keys, with_development_secret
 from ledger.auth.owners import OwnersServer, OwnersUnavailable, ask_owners, owners_subject
@@ -35,6 +37,7 @@ __all__ = [
     "gate_of",
     "has_keys",
     "install_access_control",
+    "metadata_for",
     "owners_subject",
     "parse_scopes",
     "principal_of",

@@ -542,7 +542,8 @@ async def test_why_a_settlement_was_refused_is_read_by_its_payers_owner_only(
 
 async def test_an_owner_token_is_refused_where_no_owner_rule_applies(ledger: Ledger) -> None:
     async with ledger.client(Scope.ADMIN, owner="alice") as alice:
-        responses = [await alice.get("/v1/sagas"), await alice.get("/v1/risk/decisions")]
+        responses = [await alice.get("/v1/sagas"), await alice.get("/v1/risk/decisions"),
+                     await alice.get(f"/v1/streams/account-{uuid.uuid4()}/events")]
 
     for response in responses:
         assert_problem(response, 403, "owner_token_refused")
@@ -581,6 +582,50 @@ async def test_the_token_subject_is_the_actor_of_every_event_of_a_transfer(
             if event.event_type != "Deposited"} == {"alice-app"}  # fmt: skip
     assert [event.metadata.get("actor") for event in events
             if event.event_type == "Deposited"] == ["teller"]  # fmt: skip
+
+
+async def test_an_owner_reads_who_asked_only_for_its_own_requests_on_its_accounts_events(
+    ledger: Ledger, owners: dict[str, str]
+) -> None:
+    """bob pays alice: the events of the transfer on alice's account name bob's token and
+    carry his request's correlation id and trace. alice's token sees that of its own
+    requests only; the back office sees everything, as stored."""
+    bobs_correlation = f"bob-order-{uuid.uuid4().hex[:8]}"
+    bobs_trace = secrets.token_hex(16)
+    alices_correlation = f"alice-open-{uuid.uuid4().hex[:8]}"
+    async with ledger.client(*OWNER_SCOPES, subject="alice-phone", owner="alice") as alice:
+        payee = (await alice.post("/v1/accounts", json={"owner": "alice", "currency": "USD"},
+                                  headers={"X-Correlation-Id": alices_correlation})).json()["id"]
+    async with ledger.client() as admin:
+        await _until_risk_knows(admin, owners["bob"], payee)
+    bobs_headers = {**a_key(), "X-Correlation-Id": bobs_correlation,
+                    "traceparent": f"00-{bobs_trace}-{secrets.token_hex(8)}-01"}
+    body = {"from_account": owners["bob"], "to_account": payee, "amount": "3.00",
+            "currency": "USD"}
+    async with ledger.client(*OWNER_SCOPES, subject="bob-phone", owner="bob") as bob:
+        transfer_id = (await bob.post("/v1/transfers", json=body, headers=bobs_headers
+                                      )).json()["id"]  # fmt: skip
+        settled = (await bob.get(f"/v1/transfers/{transfer_id}", params={"wait": 20})).json()
+    async with ledger.client(*OWNER_SCOPES, subject="alice-phone", owner="alice") as alice:
+        by_alice = await alice.get(f"/v1/accounts/{payee}/events")
+    async with ledger.client(Scope.ACCOUNTS_READ, subject="back-office") as back_office:
+        by_back_office = await back_office.get(f"/v1/accounts/{payee}/events")
+
+    assert settled["status"] == "completed", settled
+    assert by_alice.status_code == by_back_office.status_code == 200, by_alice.text
+    seen = {event["event_type"]: event["metadata"] for event in by_alice.json()["items"]}
+    stored = {event["event_type"]: event["metadata"] for event in by_back_office.json()["items"]}
+    assert set(seen) == set(stored) == {"AccountOpened", "HoldPlaced", "HoldPosted"}
+    assert seen["AccountOpened"] == stored["AccountOpened"]
+    assert seen["AccountOpened"]["actor"] == "alice-phone"
+    assert seen["AccountOpened"]["correlation_id"] == alices_correlation
+    for bobs_event in ("HoldPlaced", "HoldPosted"):
+        assert stored[bobs_event]["actor"] == "bob-phone"
+        assert stored[bobs_event]["correlation_id"] == bobs_correlation
+        assert bobs_trace in stored[bobs_event]["traceparent"]
+        assert seen[bobs_event] == {}
+    for trace_of_bob in ("bob-phone", bobs_correlation, bobs_trace):
+        assert trace_of_bob not in by_alice.text
 
 
 async def _until_risk_knows(client: httpx.AsyncClient, *account_ids: str) -> None:
