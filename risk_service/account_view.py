@@ -169,10 +169,17 @@ class ViewProgress:
         self._max_waiting = max_waiting
         self._waits: OrderedDict[uuid.UUID, _Wait] = OrderedDict()
 
+    def is_known_current(self, command_id: uuid.UUID) -> bool:
+        """True when `is_current_for` found the view current for the command already: no
+        I/O, so it may be asked inside a transaction."""
+        wait = self._waits.get(command_id)
+        return wait is not None and wait.is_current
+
     async def is_current_for(self, command_id: uuid.UUID) -> bool:
         """True when the view holds every account event committed before the command's
-        first ask; False when the command must ask again later. Raises nats.errors.Error
-        when NATS does not answer."""
+        first ask; False when the command must ask again later. It may ask NATS, so it is
+        asked with no transaction open (a view read after it returns True holds those
+        events). Raises nats.errors.Error when NATS does not answer."""
         wait = self._waits.get(command_id)
         if wait is None:
             wait = self._waits[command_id] = _Wait(self._clock())
@@ -186,7 +193,7 @@ class ViewProgress:
             wait.target = await self._consumer.stream_last_sequence()
         if not await self._consumer.has_handled_through(wait.target):
             return False
-        # Remembered, not forgotten: the view only moves on, and a batch that fails (another
-        # command of it not ready) asks again for each of its commands alone, at once.
+        # Remembered, not forgotten: the view only moves on, and the command runs again
+        # once this returns, asking `is_known_current` in its transaction.
         wait.is_current = True
         return True

@@ -64,7 +64,7 @@ class RiskService:
         register_commands(
             commands, default_limits(runtime.settings), self._clock,
             # The account relay publishes within its poll interval of a commit.
-            ViewProgress(consumer, runtime.settings.subscription_poll_interval_s).is_current_for,
+            ViewProgress(consumer, runtime.settings.subscription_poll_interval_s),
         )
         await commands.start()
         self._commands = commands

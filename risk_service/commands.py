@@ -21,10 +21,10 @@ must commit. `assess_movements` is the same decision for one command.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from functools import partial
-from typing import Final
+from typing import Final, Protocol
 
 from eventstore import NewEvent, UnitOfWork
 from ledger.commands import (
@@ -57,9 +57,6 @@ COMMIT: Final = "commit"
 RELEASE: Final = "release"
 
 Clock = Callable[[], datetime]
-ViewCheck = Callable[[uuid.UUID], Awaitable[bool]]
-"""Whether the view of accounts holds every account event published before the command
-(by its id) first asked (`account_view.ViewProgress.is_current_for`)."""
 Results = list[Decision | CommandRefused]
 """A batch handler's answers: risk never refuses a command, so each is a `Decision`."""
 _Movements = Assess | Commit | Release
@@ -67,23 +64,34 @@ _Decide = Callable[[RiskState, Movement], list[RiskEvent]]
 """One movement's events on its payer's state."""
 
 
+class ViewCheck(Protocol):
+    """Whether the view of accounts holds every account event published before a command
+    (by its id) first asked (`account_view.ViewProgress`)."""
+
+    def is_known_current(self, command_id: uuid.UUID) -> bool:
+        """Whether that is known already, without I/O: asked inside the batch's transaction."""
+
+    async def is_current_for(self, command_id: uuid.UUID) -> bool:
+        """Find out (it may ask NATS) and remember: asked with no transaction open."""
+
+
 def register_commands(
     service: CommandService,
     defaults: Limits,
     clock: Clock,
-    view_is_current: ViewCheck | None = None,
+    view: ViewCheck | None = None,
 ) -> None:
     """Serve `<service>.assess`, `<service>.commit` and `<service>.release` on `service`,
     each deciding the commands that queue up together in one transaction.
 
     `defaults` are the limits of an account with none of its own; `clock` gives the
-    (timezone-aware) time of each batch's decisions; `view_is_current` tells whether the
-    view of accounts has caught up with the account service's events as of a command
-    (None: assume it has).
+    (timezone-aware) time of each batch's decisions; `view` tells whether the view of
+    accounts has caught up with the account service's events as of a command (None: assume
+    it has).
     """
 
     async def assess(batch: Sequence[Incoming[Assess]], unit: UnitOfWork) -> Results:
-        return await assess_batch(batch, unit, defaults, clock(), view_is_current)
+        return await assess_batch(batch, unit, defaults, clock(), view)
 
     async def commit(batch: Sequence[Incoming[Commit]], unit: UnitOfWork) -> Results:
         return await commit_batch(batch, unit, clock())
@@ -101,7 +109,7 @@ async def assess_movements(
     unit: UnitOfWork,
     defaults: Limits,
     now: datetime,
-    view_is_current: ViewCheck | None = None,
+    view: ViewCheck | None = None,
 ) -> Decision:
     """Decide every movement in memory, then append all approvals or only the refusals:
     `assess_batch` of one command, in the context bound by the caller.
@@ -110,7 +118,7 @@ async def assess_movements(
     while the view is still catching up with the events published before the command (an
     account opened or unfrozen a moment ago): CommandNotReady makes the saga ask again.
     """
-    assess = partial(assess_batch, defaults=defaults, now=now, view_is_current=view_is_current)
+    assess = partial(assess_batch, defaults=defaults, now=now, view=view)
     return await one_at_a_time(assess)(command, unit)
 
 
@@ -119,7 +127,7 @@ async def assess_batch(
     unit: UnitOfWork,
     defaults: Limits,
     now: datetime,
-    view_is_current: ViewCheck | None = None,
+    view: ViewCheck | None = None,
 ) -> Results:
     """`assess_movements` of many commands, decided one after another on the payers as the
     earlier ones left them, all at `now`, and saved together.
@@ -132,7 +140,7 @@ async def assess_batch(
     book = await _Book.load(unit, commands, with_cancellations=True)
     parties = [a for command in commands for a in _parties_of(command)]
     views = await account_views(unit.connection, unit.store.schema, parties)
-    await _require_current_view(commands, views, view_is_current)
+    _require_current_view(commands, views, view)
 
     def assess(command: Assess) -> Decision:
         return _assess(book, command, views, defaults, now)
@@ -207,17 +215,24 @@ def _assess(
     )
 
 
-async def _require_current_view(
-    commands: Sequence[Assess], views: dict[str, AccountView], view_is_current: ViewCheck | None
+def _require_current_view(
+    commands: Sequence[Assess], views: dict[str, AccountView], view: ViewCheck | None
 ) -> None:
-    """Raise CommandNotReady for the first command whose refusal could rest on a view that
-    is still catching up with the account events published before it."""
-    if view_is_current is None:
+    """Raise CommandNotReady for the first command whose refusal could rest on a view not
+    known to hold the account events published before it.
+
+    Only what is known already is asked here, in the transaction, with the payers locked:
+    finding out asks NATS, which must hold no lock nor connection for as long as it takes.
+    So the command is not ready, with a catch-up the service runs once this transaction has
+    rolled back; when the view turns out current, the command runs again, and reads the
+    view anew, after the consumer has handled what it had to."""
+    if view is None:
         return
     for command in commands:
         if (_may_be_stale(_parties_of(command), views)
-                and not await view_is_current(command.command_id)):  # fmt: skip
-            raise CommandNotReady("the view of accounts is catching up with the account service")
+                and not view.is_known_current(command.command_id)):  # fmt: skip
+            raise CommandNotReady("the view of accounts is catching up with the account service",
+                                  catch_up=partial(view.is_current_for, command.command_id))
 
 
 def _may_be_stale(parties: set[str], views: dict[str, AccountView]) -> bool:

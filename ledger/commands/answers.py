@@ -181,6 +181,18 @@ class Answers:
         return answers
 
     async def _execute(self, endpoint: Endpoint, command: Command) -> tuple[Outcome, Envelope]:
+        """`_execute_once`; a command not ready that can catch up is run once more when,
+        caught up outside any transaction, it is ready."""
+        try:
+            return await self._execute_once(endpoint, command)
+        except CommandNotReady as not_ready:
+            if not_ready.catch_up is None or not await not_ready.catch_up():
+                raise
+        return await self._execute_once(endpoint, command)
+
+    async def _execute_once(
+        self, endpoint: Endpoint, command: Command
+    ) -> tuple[Outcome, Envelope]:
         """Replay the recorded reply, else apply; re-run on a concurrent writer, boundedly."""
         for attempt in range(self._conflict_retries + 1):
             recorded = await self._recorded(endpoint, command)

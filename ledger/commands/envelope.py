@@ -58,7 +58,18 @@ class CommandRefused(Exception):
 
 class CommandNotReady(Exception):
     """The participant cannot decide yet (its view is catching up): nothing is recorded, the
-    sender gets an error reply ("503") and retries the same command later."""
+    sender gets an error reply ("503") and retries the same command later.
+
+    `catch_up`, when given, finds out whether the command is ready now, by I/O that must
+    not run inside the command's transaction (asking NATS, say): the service awaits it once
+    the transaction has rolled back, and when it answers True runs the command once more
+    at once, in a new transaction."""
+
+    def __init__(
+        self, message: str, *, catch_up: Callable[[], Awaitable[bool]] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.catch_up = catch_up
 
 
 class CommandFailed(Exception):

@@ -20,6 +20,7 @@ from ledger.commands import (
     Command,
     CommandClient,
     CommandFailed,
+    CommandNotReady,
     CommandRefused,
     CommandService,
 )
@@ -362,3 +363,44 @@ async def test_an_unexpected_failure_is_an_error_reply_that_records_nothing(
     assert "disk on fire" in caplog.text
     assert await event_count(store) == 0
     assert await recorded_count(store) == 0
+
+
+async def test_a_command_not_ready_is_run_again_once_caught_up_with_no_transaction_open(
+    nc: Client, store: EventStore, service_name: str
+) -> None:
+    service = CommandService(nc, store, name=service_name, version="0.1.0")
+    caught_up: set[uuid.UUID] = set()
+    transactions_open_while_catching_up: list[int] = []
+
+    async def catch_up(command: Deposit) -> bool:
+        transactions_open_while_catching_up.append(await store.pool.fetchval(
+            "select count(*) from pg_stat_activity where datname = current_database()"
+            " and state like 'idle in transaction%'"))  # fmt: skip
+        if command.amount_minor > DEPOSIT_LIMIT_MINOR:
+            return False  # still not ready
+        caught_up.add(command.command_id)
+        return True
+
+    @service.command("deposit", Deposit, Deposited)
+    async def waiting(command: Deposit, unit: UnitOfWork) -> Deposited:
+        result = await unit.append(f"account-{command.account_id}",
+                                   [NewEvent("Deposited", {"amount_minor": command.amount_minor})])
+        if command.command_id not in caught_up:
+            raise CommandNotReady("behind", catch_up=lambda: catch_up(command))
+        return Deposited(account_id=command.account_id, stream_version=result.version,
+                         event_id=result.events[0].event_id)  # fmt: skip
+
+    client = CommandClient(nc, timeout_s=2.0, max_retries=0)
+    await service.start()
+    try:
+        deposited = await client.send(f"{service_name}.deposit", deposit(5), Deposited)
+        with pytest.raises(CommandFailed) as not_ready:
+            await client.send(f"{service_name}.deposit", deposit(5_000, "bob"), Deposited)
+    finally:
+        await service.stop()
+
+    assert deposited.stream_version == 1  # the run before the catch-up rolled back
+    assert not_ready.value.code == "503"
+    assert transactions_open_while_catching_up == [0, 0]
+    assert (await event_count(store), await event_count(store, "bob")) == (1, 0)
+    assert await recorded_count(store) == 1

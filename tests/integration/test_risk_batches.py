@@ -62,21 +62,26 @@ Handler = Callable[[Sequence[Incoming[Any]], UnitOfWork], Awaitable[Sequence[Any
 
 
 class ViewAsked:
-    """A view of accounts that is always current, and remembers which commands asked."""
+    """A view of accounts known to be current (or not) for every command, which remembers
+    which commands asked."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, is_current: bool = True) -> None:
         self.asked: list[uuid.UUID] = []
+        self._is_current = is_current
 
-    async def __call__(self, command_id: uuid.UUID) -> bool:
+    def is_known_current(self, command_id: uuid.UUID) -> bool:
         self.asked.append(command_id)
-        return True
+        return self._is_current
+
+    async def is_current_for(self, command_id: uuid.UUID) -> bool:
+        return self._is_current
 
 
 def handler(kind: str, now: datetime, view: ViewAsked | None = None) -> Handler:
     """The batch handler of `kind`, deciding at `now`."""
     match kind:
         case "assess":
-            return partial(assess_batch, defaults=DEFAULTS, now=now, view_is_current=view)
+            return partial(assess_batch, defaults=DEFAULTS, now=now, view=view)
         case "commit":
             return partial(commit_batch, now=now)
     return partial(release_batch, now=now)
@@ -328,11 +333,7 @@ async def test_the_view_is_asked_only_about_the_commands_it_could_refuse(
     commands = [assess(f"{prefix}-t1", move(10, a, b)), assess(f"{prefix}-t2", move(10, a, ghost)),
                 assess(f"{prefix}-t3", move(10, frozen, b))]  # fmt: skip
     batch = [Incoming(command, new_context()) for command in commands]
-    asked: list[uuid.UUID] = []
-
-    async def behind(command_id: uuid.UUID) -> bool:
-        asked.append(command_id)
-        return False
+    behind = ViewAsked(is_current=False)
 
     with pytest.raises(CommandNotReady):
         async with store.unit_of_work() as unit:
@@ -341,7 +342,7 @@ async def test_the_view_is_asked_only_about_the_commands_it_could_refuse(
     async with store.unit_of_work() as unit:
         decided = await assess_batch(batch, unit, DEFAULTS, EPOCH, current)
 
-    assert asked == [commands[1].command_id]  # the first not ready fails the batch
+    assert behind.asked == [commands[1].command_id]  # the first not ready fails the batch
     assert current.asked == [commands[1].command_id, commands[2].command_id]
     assert [outcome(d).reason for d in decided] == [
         None, RefusalReason.UNKNOWN_ACCOUNT, RefusalReason.ACCOUNT_FROZEN,
@@ -390,11 +391,12 @@ class Seconds:
         return self.now_s
 
 
-async def test_a_command_found_current_in_a_batch_that_failed_is_answered_alone_at_once(
+async def test_a_command_the_view_was_found_current_for_is_decided_at_once(
     nc: Client, risk_store: EventStore, token: str
 ) -> None:
-    """The service serves a batch that raised CommandNotReady again one command at a time:
-    a command the view was found current for is not sent back to wait for it again."""
+    """A command not ready carries the catch-up the service runs with no transaction open
+    (the only place NATS is asked); once that found the view current, the command is
+    decided at once, while another is still within its own grace."""
     consumer = account_consumer(nc, risk_store, _FAST, durable_name=token,
                                 subject_prefix=f"ledger.{token}.account")  # fmt: skip
     await consumer.ensure()  # nothing published: it has handled everything there is
@@ -405,17 +407,25 @@ async def test_a_command_found_current_in_a_batch_that_failed_is_answered_alone_
 
     async def assess_alone(command: Assess) -> Decision:
         async with risk_store.unit_of_work() as unit:
-            return await assess_movements(command, unit, DEFAULTS, EPOCH, progress.is_current_for)
+            return await assess_movements(command, unit, DEFAULTS, EPOCH, progress)
 
-    with pytest.raises(CommandNotReady):
-        await assess_alone(first)  # within the grace
+    async def caught_up(not_ready: CommandNotReady) -> bool:
+        assert not_ready.catch_up is not None
+        return await not_ready.catch_up()
+
+    with pytest.raises(CommandNotReady) as first_ask:
+        await assess_alone(first)
+    is_ready_within_grace = await caught_up(first_ask.value)
     seconds.now_s += 1.0
-    with pytest.raises(CommandNotReady):
+    with pytest.raises(CommandNotReady) as batch_ask:
         async with risk_store.unit_of_work() as unit:
             await assess_batch([Incoming(c, new_context()) for c in (first, second)], unit,
-                               DEFAULTS, EPOCH, progress.is_current_for)  # fmt: skip
+                               DEFAULTS, EPOCH, progress)  # fmt: skip
+    is_ready_after_grace = await caught_up(batch_ask.value)  # the first's
     decision = await assess_alone(first)
+    with pytest.raises(CommandNotReady) as second_ask:
+        await assess_alone(second)
 
+    assert (is_ready_within_grace, is_ready_after_grace) == (False, True)
     assert (decision.approved, decision.reason) == (False, RefusalReason.UNKNOWN_ACCOUNT)
-    with pytest.raises(CommandNotReady):
-        await assess_alone(second)  # still within its own grace
+    assert not await caught_up(second_ask.value)  # still within its own grace

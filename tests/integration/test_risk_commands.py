@@ -545,18 +545,27 @@ async def _is_status(store: EventStore, account_id: str, status: str) -> bool:
     return view is not None and view.status == status
 
 
+class View:
+    """A view of accounts current, or not, for every command, as the test says."""
+
+    def __init__(self) -> None:
+        self.is_current = False
+
+    def is_known_current(self, _: uuid.UUID) -> bool:
+        return self.is_current
+
+    async def is_current_for(self, _: uuid.UUID) -> bool:
+        return self.is_current
+
+
 async def test_an_account_unknown_while_the_view_catches_up_is_asked_again_not_refused(
     nc: Client, risk_store: EventStore, token: str, clock: Clock
 ) -> None:
     """An account opened a moment ago may not be in risk's view yet: no refusal, no event,
     an error reply the saga retries; once the view has caught up, unknown is refused."""
-    is_current = False
-
-    async def view_is_current(_: uuid.UUID) -> bool:
-        return is_current
-
+    view = View()
     service = CommandService(nc, risk_store, name=token, version="0.1.0")
-    register_commands(service, DEFAULTS, clock, view_is_current)
+    register_commands(service, DEFAULTS, clock, view)
     client = CommandClient(nc, timeout_s=5.0, max_retries=0)
     await given_accounts(risk_store, ("b", "open"))
     command = assess(move(payer="a", payee="b"))
@@ -565,7 +574,7 @@ async def test_an_account_unknown_while_the_view_catches_up_is_asked_again_not_r
         with pytest.raises(CommandFailed) as not_ready:
             await client.send(f"{token}.assess", command, Decision)
         events_while_behind = await event_types(risk_store, "a")
-        is_current = True
+        view.is_current = True
         decision = await client.send(f"{token}.assess", command, Decision)
     finally:
         await service.stop()
