@@ -6,9 +6,11 @@ own, so that no writer waits on a long delete and an interrupted prune has kept 
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Collection
 from datetime import datetime
 from enum import Enum
-from typing import Final
+from typing import Any, Final
 
 import asyncpg
 
@@ -38,23 +40,30 @@ class TrackingTable(Enum):
 
 async def prune(
     pool: asyncpg.Pool, schema: str, tracking: TrackingTable, before: datetime,
-    *, dry_run: bool = False,
+    *, keep: Collection[uuid.UUID] = (), dry_run: bool = False,
 ) -> int:
-    """Delete the rows of `tracking` in `schema` dated before `before`; how many. With
-    `dry_run`, count them and delete nothing."""
-    table, dated_by = f"{schema}.{tracking.table}", tracking.dated_by
+    """Delete the rows of `tracking` in `schema` dated before `before`, except the command
+    replies whose command ids are in `keep`; how many. With `dry_run`, count them and delete
+    nothing."""
+    assert not keep or tracking is TrackingTable.COMMAND_REPLIES, "only replies are kept by id"
+    table, condition = f"{schema}.{tracking.table}", f"{tracking.dated_by} < $1"
+    arguments: list[Any] = [before]
+    if keep:
+        # A hashed subplan: one probe per row, however many ids are kept.
+        condition += " and command_id not in (select unnest($2::uuid[]))"
+        arguments.append(list(keep))
     with translated_errors():
         if dry_run:
             count: int = await pool.fetchval(
-                f"select count(*) from {table} where {dated_by} < $1", before
+                f"select count(*) from {table} where {condition}", *arguments
             )
             return count
         deleted = 0
         while True:
             status = await pool.execute(
                 f"delete from {table} where ctid = any(array(select ctid from {table}"
-                f" where {dated_by} < $1 limit $2))",
-                before, PRUNE_BATCH_ROWS,
+                f" where {condition} limit ${len(arguments) + 1}))",
+                *arguments, PRUNE_BATCH_ROWS,
             )  # fmt: skip
             batch = int(status.split()[-1])
             deleted += batch

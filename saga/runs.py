@@ -174,7 +174,13 @@ async def _update_rows(connection: Connection, table: str, rows: Sequence[_Folde
 def _changes(event: RecordedEvent) -> dict[str, Any]:
     """The columns `event` changes besides version and updated_at."""
     data = event.data
+    # `last_error` follows `saga.state`'s fold, so the list shows what the saga's view shows.
     match event.event_type:
+        case "StepSucceeded":
+            return {"next_attempt_at": event.recorded_at, "last_error": None}
+        case "StepRefused":
+            return {"next_attempt_at": event.recorded_at,
+                    "last_error": f"refused: {data['code']}"}  # fmt: skip
         case "StepFailed":
             return {"next_attempt_at": datetime.fromisoformat(data["retry_at"]),
                     "last_error": data["error"]}  # fmt: skip

@@ -4,9 +4,9 @@
 - Inbox rows older than the events stream keeps a message (its `max_age`, asked of NATS),
   plus a day: no such message can be delivered again. A stream that keeps messages for ever,
   or none to ask, keeps the inbox whole.
-- Command replies older than `--command-replies-days`, and older than the start of the
-  oldest saga not yet final, less a day: only the orchestrator sends commands, and only for
-  a saga that is not final (running, compensating, or parked for an operator's retry).
+- Command replies older than `--command-replies-days`, but for those of the commands that
+  sagas not yet final have sent: only the orchestrator sends commands, and only for a saga
+  that is not final (running, compensating, or parked for an operator's retry).
 - Idempotency keys older than `--idempotency-keys-days`: a client that retries later than
   that makes a new request.
 """
@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Final
@@ -33,13 +34,12 @@ from ledger.cli.run import DataDirOption
 from ledger.cli.target import operator_settings
 from ledger.services import available_services
 from ledger.settings import Settings
-from saga.contracts import FINAL_STATUSES
-from saga.runs import RUNS_TABLE
+from saga.retention import unfinished_command_ids
 
 out = Console()
 
 MARGIN: Final = timedelta(days=1)
-"""Kept beyond each rule's bound: clocks of different servers, a message in flight."""
+"""Kept beyond the inbox's bound: clocks of different servers, a message in flight."""
 
 KeysDays = Annotated[float, typer.Option(
     min=1.0, max=36_500.0, help="Keep idempotency keys this many days.")]
@@ -95,23 +95,22 @@ async def _prune(
     pruned: list[Pruned] = []
     stream_max_age = await _stream_max_age(settings)
     async with service_databases(settings, services) as databases:
-        oldest_unfinished = await _oldest_unfinished_saga(databases)
+        kept_replies = await _unfinished_command_ids(databases)
         for database in databases:
             if not await database.applied_migrations():
                 continue  # never migrated: nothing to prune
             now: datetime = await database.pool.fetchval("select now()")
-            replies_before = now - replies_age
-            if oldest_unfinished is not None:
-                replies_before = min(replies_before, oldest_unfinished - MARGIN)
             cutoffs = {
                 TrackingTable.INBOX:
                     None if stream_max_age is None else now - stream_max_age - MARGIN,
-                TrackingTable.COMMAND_REPLIES: replies_before,
+                TrackingTable.COMMAND_REPLIES: now - replies_age,
                 TrackingTable.IDEMPOTENCY_KEYS: now - keys_age,
             }  # fmt: skip
             for tracking, before in cutoffs.items():
+                keep = kept_replies if tracking is TrackingTable.COMMAND_REPLIES else set()
                 rows = 0 if before is None else await prune_rows(
-                    database.pool, database.schema, tracking, before, dry_run=dry_run)
+                    database.pool, database.schema, tracking, before, keep=keep,
+                    dry_run=dry_run)  # fmt: skip
                 pruned.append(Pruned(database.name, tracking, before, rows))
     return pruned
 
@@ -129,14 +128,8 @@ async def _stream_max_age(settings: Settings) -> timedelta | None:
     return timedelta(seconds=max_age_s) if max_age_s else None
 
 
-async def _oldest_unfinished_saga(databases: list[ServiceDatabase]) -> datetime | None:
-    """When the oldest saga that is not final started (None: every saga is final)."""
+async def _unfinished_command_ids(databases: list[ServiceDatabase]) -> set[uuid.UUID]:
+    """The commands whose replies every service keeps: those sent by sagas not yet final.
+    Read before any reply is deleted (see `unfinished_command_ids`)."""
     saga = next(database for database in databases if database.name == "saga")
-    table = f"{saga.schema}.{RUNS_TABLE}"
-    if await saga.pool.fetchval("select to_regclass($1)", table) is None:
-        return None
-    started: datetime | None = await saga.pool.fetchval(
-        f"select min(started_at) from {table} where status <> all($1::text[])",
-        [status.value for status in FINAL_STATUSES],
-    )
-    return started
+    return await unfinished_command_ids(saga.pool, saga.schema)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
@@ -12,9 +13,25 @@ import nats
 import pytest
 from nats.js.api import StreamConfig
 
+from eventstore import NO_STREAM, EventStore
 from ledger.bus import ensure_streams
 from ledger.settings import SERVICES
+from saga import log
+from saga.contracts import (
+    SagaCompensating,
+    SagaEvent,
+    SagaParked,
+    SagaRejected,
+    SagaStarted,
+    StepRefused,
+    StepStarted,
+    StepSucceeded,
+    stream_of,
+)
+from saga.definition import command_id
+from saga.runs import SagaRunsProjection
 from tests.integration.cli_support import Cli, cli_for
+from trade_service.contracts import SettlementLeg
 
 
 @pytest.fixture
@@ -89,19 +106,65 @@ async def test_prune_keeps_what_can_still_be_asked_for_in_every_service(
         }
 
 
-async def test_command_replies_since_the_oldest_unfinished_saga_began_are_kept(
+async def record_saga(
+    pool: asyncpg.Pool, schema: str, saga_id: str, events: list[SagaEvent], days_old: float
+) -> None:
+    """Append a saga's log (the runs table follows), as if it had started `days_old` ago."""
+    store = EventStore(pool, schema, inline_projections=(SagaRunsProjection(),))
+    leg = SettlementLeg(leg_id="leg-1", from_account="a", to_account="b", amount_minor=1,
+                        currency="USD")  # fmt: skip
+    start = SagaStarted(saga_id=saga_id, kind="transfer", legs=(leg,),
+                        deadline_at=datetime.now(UTC))  # fmt: skip
+    await store.append(stream_of(saga_id), log.new_events([start, *events], {}), NO_STREAM)
+    await pool.execute(
+        f"update {schema}.saga_runs set started_at = now() - interval '{days_old} days'"
+        " where saga_id = $1", saga_id,
+    )  # fmt: skip
+
+
+def sent(saga_id: str, step: str, *, undo: bool = False) -> StepStarted:
+    return StepStarted(step=step, command_id=command_id(saga_id, step, 0), attempt=1,
+                       is_compensation=undo)  # fmt: skip
+
+
+async def add_replies(pool: asyncpg.Pool, schema: str, command_ids: list[uuid.UUID],
+                      days_old: float) -> None:  # fmt: skip
+    for cid in command_ids:
+        await pool.execute(
+            f"insert into {schema}.command_replies (command_id, endpoint, reply, recorded_at)"
+            f" values ($1, 'e', '{{}}', now() - interval '{days_old} days')", cid,
+        )  # fmt: skip
+
+
+async def test_only_the_replies_of_sagas_not_yet_final_outlive_the_replies_days(
     cli: Cli, pool: asyncpg.Pool
 ) -> None:
-    account = cli.settings.schema_for("account")
-    await add_rows(pool, account, [40, 58, 62, 90])
-    saga = cli.settings.schema_for("saga")
-    await start_saga(pool, saga, "completed", 100)
-    await start_saga(pool, saga, "requires_intervention", 60)  # parked: may be retried
+    saga, account = cli.settings.schema_for("saga"), cli.settings.schema_for("account")
+    parked, rejected = "tr-parked", "tr-rejected"
+    await record_saga(pool, saga, parked, [  # parked for months: an operator may retry it
+        sent(parked, "assess"), StepSucceeded(step="assess", reply={}),
+        sent(parked, "reserve"), StepRefused(step="reserve", code="frozen"),
+        SagaCompensating(reason="frozen", outcome="rejected", steps=("reject",)),
+        sent(parked, "reject", undo=True), StepRefused(step="reject", code="not_now"),
+        SagaParked(step="reject", error="reject refused (not_now)"),
+    ], days_old=200)  # fmt: skip
+    await record_saga(pool, saga, rejected, [  # final since long ago, started after it
+        sent(rejected, "assess"), StepRefused(step="assess", code="limit"),
+        SagaCompensating(reason="limit", outcome="rejected", steps=("reject",)),
+        sent(rejected, "reject", undo=True), StepSucceeded(step="reject", reply={}),
+        SagaRejected(reason="limit"),
+    ], days_old=100)  # fmt: skip
+    parked_ids = [command_id(parked, step, 0) for step in ("assess", "reserve", "reject")]
+    rejected_ids = [command_id(rejected, step, 0) for step in ("assess", "reject")]
+    await add_replies(pool, account, [*parked_ids, *rejected_ids, uuid.uuid4()], days_old=90)
+    recent = uuid.uuid4()
+    await add_replies(pool, account, [recent], days_old=5)
 
     result = await cli.run("prune")
 
     assert result.exit_code == 0, result.output
-    assert (await ages(pool, account))["command_replies"] == [40, 58]  # the day's margin
+    left = await pool.fetch(f"select command_id from {account}.command_replies")
+    assert {row["command_id"] for row in left} == {*parked_ids, recent}
 
 
 async def test_a_dry_run_counts_and_deletes_nothing(cli: Cli, pool: asyncpg.Pool) -> None:

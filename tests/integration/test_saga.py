@@ -24,7 +24,7 @@ import pytest
 
 from eventstore import EventStore, UnitOfWork
 from ledger import context
-from ledger.commands import CommandClient, CommandRefused, CommandService
+from ledger.commands import CommandClient, CommandNotReady, CommandRefused, CommandService
 from ledger.host import Service, ServiceHost, running
 from ledger.http import create_app
 from ledger.settings import Settings
@@ -55,12 +55,14 @@ FINAL = {"completed", "rejected", "failed"}
 
 
 class Trade:
-    """A stand-in trade service: records what the saga told it; may hang or refuse."""
+    """A stand-in trade service: records what the saga told it; may hang, refuse, or fail
+    a number of times before it answers."""
 
     def __init__(self) -> None:
         self.received: list[tuple[str, str, uuid.UUID]] = []
         self.hang: set[str] = set()
         self.refuse: set[str] = set()
+        self.failures_left: dict[str, int] = {}
         self.released = asyncio.Event()
 
     def register(self, service: CommandService) -> None:
@@ -71,6 +73,9 @@ class Trade:
                 await self.released.wait()
             if transfer_id in self.refuse:
                 raise CommandRefused("not_now", "the trade service refuses for the test")
+            if self.failures_left.get(transfer_id, 0) > 0:
+                self.failures_left[transfer_id] -= 1
+                raise CommandNotReady("the trade service fails for the test")
             return SettlementOutcome(transfer_id=transfer_id, status=status)
 
         @service.command("complete", CompleteSettlement, SettlementOutcome)
@@ -395,6 +400,28 @@ async def test_a_parked_saga_is_listed_and_finished_by_an_operator_retry(
     again = await client.post(f"/v1/sagas/{request.transfer_id}/retry")
     assert again.status_code == 409
     assert again.json()["code"] == "not_parked"
+
+
+async def test_a_saga_whose_step_failed_before_succeeding_is_listed_without_the_error(
+    host: ServiceHost, client: httpx.AsyncClient, trade: Trade
+) -> None:
+    payer, payee = await funded_account(client, "5.00"), await funded_account(client, None)
+    await known_to_risk(client, payer, payee)
+    request = transfer(payer, payee, 100)
+    trade.failures_left[request.transfer_id] = 2  # "complete" (past the pivot) fails twice
+    await start(host, request)
+
+    async with orchestrators(host):
+        saga = await settled(client, request.transfer_id)
+    listed = (await client.get("/v1/sagas", params={"status": "completed", "limit": 500}))
+
+    assert saga["status"] == "completed", saga
+    assert [s["outcome"] for s in saga["steps"] if s["step"] == "complete"] == [
+        "failed", "failed", "succeeded"]
+    summary = next(item for item in listed.json()["items"]
+                   if item["saga_id"] == request.transfer_id)  # fmt: skip
+    assert saga["last_error"] is None
+    assert summary["last_error"] == saga["last_error"]
 
 
 async def test_an_unknown_saga_is_a_404(client: httpx.AsyncClient) -> None:

@@ -14,10 +14,27 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eventstore import RecordedEvent
+from eventstore import NO_STREAM, EventStore, RecordedEvent
 from eventstore._db import Executor
-from saga.contracts import CATEGORY
+from saga import log
+from saga.contracts import (
+    CATEGORY,
+    SagaCompensating,
+    SagaEvent,
+    SagaParked,
+    SagaRejected,
+    SagaRetried,
+    SagaStarted,
+    StepFailed,
+    StepRefused,
+    StepStarted,
+    StepSucceeded,
+    stream_of,
+)
+from saga.definition import SETTLE_LEGS, command_id
 from saga.runs import SagaRunsProjection
+from saga.state import fold
+from trade_service.contracts import SettlementLeg
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 STEP_EVENTS = [
@@ -32,6 +49,8 @@ def data_of(event_type: str, n: int) -> dict[str, Any]:
     match event_type:
         case "SagaStarted":
             return {"kind": "transfer"}
+        case "StepRefused":
+            return {"code": f"code {n}"}
         case "StepFailed":
             return {"error": f"timeout {n}", "retry_at": (EPOCH + timedelta(seconds=n)).isoformat()}
         case "SagaParked":
@@ -128,3 +147,68 @@ async def test_folded_pages_equal_one_event_at_a_time(
             " where to_jsonb(a) is distinct from to_jsonb(b)"
         )
     assert [dict(row) for row in differing] == []
+
+
+def step(name: str, attempt: int = 1, series: int = 0, *, undo: bool = False) -> StepStarted:
+    return StepStarted(step=name, command_id=command_id("tr-1", name, series), attempt=attempt,
+                       is_compensation=undo)  # fmt: skip
+
+
+LEG = SettlementLeg(leg_id="leg-1", from_account="a", to_account="b", amount_minor=1,
+                    currency="USD")  # fmt: skip
+RECOVERING_SAGA: list[SagaEvent] = [
+    SagaStarted(saga_id="tr-1", kind="transfer", legs=(LEG,), deadline_at=EPOCH),
+    step("assess"), StepFailed(step="assess", error="timeout", attempt=1, retry_at=EPOCH),
+    step("assess", 2), StepSucceeded(step="assess", reply={}),
+    step("reserve"), StepRefused(step="reserve", code="insufficient_funds"),
+    SagaCompensating(reason="insufficient_funds", outcome="rejected",
+                     steps=("release", "reject")),
+    step("release", undo=True), StepSucceeded(step="release", reply={}),
+    step("reject", undo=True), StepRefused(step="reject", code="not_now"),
+    SagaParked(step="reject", error="reject refused (not_now): no detail"),
+    SagaRetried(by="operator"), step("reject", series=1, undo=True),
+    StepSucceeded(step="reject", reply={}), SagaRejected(reason="insufficient_funds"),
+]  # fmt: skip
+
+
+async def test_the_last_error_of_a_row_is_the_sagas_own_after_every_event(
+    pool: asyncpg.Pool, tables: tuple[str, str]
+) -> None:
+    one, _ = tables
+    async with pool.acquire() as connection:
+        await connection.execute(f"truncate {one}")
+        for version, event in enumerate(RECOVERING_SAGA, start=1):
+            recorded = RecordedEvent(
+                version, f"{CATEGORY}-tr-1", version, uuid.uuid4(), event.event_type,
+                event.model_dump(mode="json"), {}, EPOCH + timedelta(seconds=version), 1,
+                b"", b"",
+            )  # fmt: skip
+            await PROJECTION.apply(connection, one, recorded)
+            listed = await connection.fetchval(f"select last_error from {one}")
+
+            expected = fold(SETTLE_LEGS, RECOVERING_SAGA[:version]).last_error
+            assert (event.event_type, listed) == (event.event_type, expected)
+
+
+async def test_migrating_corrects_the_errors_an_older_projection_kept_from_the_events(
+    saga_store: EventStore,
+) -> None:
+    schema = saga_store.schema
+    first = RECOVERING_SAGA[0]
+    assert isinstance(first, SagaStarted)
+    for saga_id, length in (("tr-recovered", 5), ("tr-failing", 3), ("tr-parked", 13)):
+        events = [first.model_copy(update={"saga_id": saga_id}), *RECOVERING_SAGA[1:length]]
+        await saga_store.append(stream_of(saga_id), log.new_events(events, {}), NO_STREAM)
+    # The rows as the projection left them before it cleared errors: the first one, kept.
+    await saga_store.pool.execute(f"update {schema}.saga_runs set last_error = 'timeout'")
+    await saga_store.pool.execute(
+        f"delete from {schema}.schema_migrations where name = 'saga_runs_last_error'"
+    )
+
+    await saga_store.migrate()
+
+    rows = await saga_store.pool.fetch(f"select saga_id, last_error from {schema}.saga_runs")
+    assert {row["saga_id"]: row["last_error"] for row in rows} == {  # each saga's fold
+        "tr-recovered": None, "tr-failing": "timeout",
+        "tr-parked": "reject refused (not_now): no detail",
+    }  # fmt: skip
