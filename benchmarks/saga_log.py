@@ -121,7 +121,7 @@ def one_per_transaction(store: EventStore) -> Record:
             held = await runs.renew_lease(unit.connection, store.schema, state.saga_id, OWNER,
                                          lease_until())  # fmt: skip
             assert held, "the lease is held"
-            return await log.record(unit, SETTLE_LEGS, state, events, METADATA)
+            return await log.record(unit, SETTLE_LEGS, state, log.entries(events, METADATA))
 
     return record
 
@@ -130,7 +130,7 @@ def group_commit(recorder: SagaRecorder) -> Record:
     async def record(
         state: SagaState, events: tuple[StepStarted | StepSucceeded, ...]
     ) -> SagaState:
-        return await recorder.record(state, events, METADATA, is_leased=True)
+        return await recorder.record(state, log.entries(events, METADATA), is_leased=True)
 
     return record
 

@@ -3,8 +3,9 @@ the version it was folded to. `saga.runs` indexes it for the workers (`saga_runs
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from eventstore import Append, EventStore, NewEvent, RecordedEvent, UnitOfWork
@@ -38,38 +39,60 @@ async def load(store: EventStore, definition: SagaDefinition, saga_id: str) -> L
     return LoadedSaga(state, tuple(recorded))
 
 
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A saga event to append with its own metadata, under an id known before the append:
+    the command a StepStarted announces names that id as its cause (docs/causation.md)."""
+
+    event: SagaEvent
+    metadata: dict[str, Any]
+    event_id: uuid.UUID = field(default_factory=uuid.uuid4)
+
+
+def entries(events: Iterable[SagaEvent], metadata: dict[str, Any]) -> tuple[Entry, ...]:
+    """`events` to append, each with `metadata`."""
+    return tuple(Entry(event, metadata) for event in events)
+
+
 def new_events(events: Sequence[SagaEvent], metadata: dict[str, Any]) -> list[NewEvent]:
     """The saga events as events to append."""
+    return _appended(entries(events, metadata))
+
+
+def _appended(to_append: Sequence[Entry]) -> list[NewEvent]:
     return [
-        NewEvent(event.event_type, event.model_dump(mode="json"), metadata) for event in events
+        NewEvent(
+            entry.event.event_type, entry.event.model_dump(mode="json"), entry.metadata,
+            entry.event_id,
+        )
+        for entry in to_append
     ]
 
 
 async def record(
-    unit: UnitOfWork,
-    definition: SagaDefinition,
-    state: SagaState,
-    events: Sequence[SagaEvent],
-    metadata: dict[str, Any],
+    unit: UnitOfWork, definition: SagaDefinition, state: SagaState, to_append: Sequence[Entry]
 ) -> SagaState:
-    """Append `events` at the version `state` was folded to; raises ConcurrencyError when
+    """Append the entries at the version `state` was folded to; raises ConcurrencyError when
     another writer appended first. Returns the state after them."""
-    return (await record_many(unit, definition, [(state, events, metadata)]))[0]
+    return (await record_many(unit, definition, [(state, to_append)]))[0]
 
 
 async def record_many(
     unit: UnitOfWork,
     definition: SagaDefinition,
-    records: Sequence[tuple[SagaState, Sequence[SagaEvent], dict[str, Any]]],
+    records: Sequence[tuple[SagaState, Sequence[Entry]]],
 ) -> list[SagaState]:
-    """`record` for several sagas in one round trip: each (state, events, metadata) appended
-    at the version its state was folded to. The first that meets another writer raises
+    """`record` for several sagas in one round trip: each (state, entries) appended at the
+    version its state was folded to. The first that meets another writer raises
     ConcurrencyError, and the transaction must then be rolled back."""
     await unit.append_many([
-        Append(stream_of(state.saga_id), new_events(events, metadata), state.version)
-        for state, events, metadata in records
+        Append(stream_of(state.saga_id), _appended(to_append), state.version)
+        for state, to_append in records
     ])  # fmt: skip
-    return [evolve_all(definition, state, events) for state, events, _ in records]
+    return [
+        evolve_all(definition, state, [entry.event for entry in to_append])
+        for state, to_append in records
+    ]
 
 
 class NotParked(Exception):
@@ -95,4 +118,5 @@ async def retry_parked(
     if loaded.state.status is not SagaStatus.REQUIRES_INTERVENTION:
         raise NotParked(saga_id, loaded.state.status)
     async with store.unit_of_work() as unit:
-        return await record(unit, definition, loaded.state, (SagaRetried(by=by),), metadata)
+        return await record(unit, definition, loaded.state,
+                            entries((SagaRetried(by=by),), metadata))  # fmt: skip

@@ -16,21 +16,21 @@ import contextlib
 import logging
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from typing import Final
 
 from nats.aio.client import Client
 
-from eventstore import ConcurrencyError, EventStore
+from eventstore import ConcurrencyError, EventStore, RecordedEvent
 from eventstore.notifier import Notifier
 from ledger import context
 from ledger.commands import CommandClient, CommandFailed, CommandRefused
 from ledger.settings import Settings
 from saga import log, runs
 from saga.clock import utc_now
-from saga.contracts import SagaEvent
+from saga.contracts import SagaEvent, StepStarted
 from saga.decisions import (
     Action,
     Idle,
@@ -226,12 +226,18 @@ class Orchestrator:
         the next send, or before the turn ends: each is in the log before anything else
         leaves this worker, as before, with one commit per step instead of three (each
         append also renews the lease, in its transaction). Raises LeaseLost.
+
+        The saga's decisions are caused by SagaStarted; each command by the StepStarted that
+        announced it, and the events that record its outcome by the command
+        (docs/causation.md).
         """
         loaded = await log.load(self._store, self._definition, saga_id)
         recorded = state = loaded.state
-        pending: tuple[SagaEvent, ...] = ()
+        pending: tuple[log.Entry, ...] = ()
         first = loaded.events[0]
         saga_context = context.from_metadata(first.metadata, str(first.event_id))
+        saga_metadata = saga_context.as_metadata()
+        announcement = _last_announcement(loaded.events)
         if saga_id in self._leased:
             self._leased[saga_id] = saga_context  # for the turn's log lines after it ends
         with context.bound(saga_context):
@@ -241,19 +247,23 @@ class Orchestrator:
                     case Idle() | Wait():
                         break
                     case Record():
-                        pending += action.events
+                        pending += log.entries(action.events, saga_metadata)
                         state = evolve_all(self._definition, state, action.events)
                     case Send():
                         if action.is_recorded:  # a resend: its StepStarted is in the log
                             await self._renew(saga_id)
                         else:
-                            pending += (action.started_event(),)
+                            started = log.Entry(action.started_event(), saga_metadata)
+                            pending += (started,)
+                            announcement = started.event_id
                         if pending:
                             recorded = state = await self._record(recorded, pending)
                             pending = ()
-                        events = await self._perform(state, action)
-                        pending += events
-                        state = evolve_all(self._definition, state, events)
+                        assert announcement is not None, "a StepStarted announces each send"
+                        outcome = await self._perform_announced(state, action, announcement)
+                        pending += outcome
+                        state = evolve_all(self._definition, state,
+                                           (entry.event for entry in outcome))  # fmt: skip
             if pending:
                 await self._record(recorded, pending)
         return action
@@ -267,6 +277,16 @@ class Orchestrator:
     def _lease_until(self) -> datetime:
         """The end of a lease renewed now."""
         return self._clock() + timedelta(seconds=self._settings.saga_lease_s)
+
+    async def _perform_announced(
+        self, state: SagaState, send: Send, announcement: uuid.UUID
+    ) -> tuple[log.Entry, ...]:
+        """`_perform` the send caused by its StepStarted (`announcement`); the entries that
+        record its outcome, caused by the command (the reply answers to its id)."""
+        sending = context.current().caused_by(str(announcement))
+        with context.bound(sending):
+            events = await self._perform(state, send)
+        return log.entries(events, sending.caused_by(str(send.command_id)).as_metadata())
 
     async def _perform(self, state: SagaState, send: Send) -> tuple[SagaEvent, ...]:
         """Send the recorded step; the events that record its outcome."""
@@ -295,12 +315,19 @@ class Orchestrator:
             return Refused(*declined)
         return Replied(reply.model_dump(mode="json"))
 
-    async def _record(self, state: SagaState, events: tuple[SagaEvent, ...]) -> SagaState:
-        """Append `events` (with other sagas' records, in one transaction); when this worker
+    async def _record(self, state: SagaState, entries: tuple[log.Entry, ...]) -> SagaState:
+        """Append `entries` (with other sagas' records, in one transaction); when this worker
         leases the saga, renew the lease in that transaction (raises LeaseLost, appending
         nothing, when it holds it no longer)."""
         return await self._recorder.record(
-            state, events, context.current().as_metadata(),
-            is_leased=state.saga_id in self._leased,
-        )  # fmt: skip
+            state, entries, is_leased=state.saga_id in self._leased
+        )
+
+
+def _last_announcement(events: Sequence[RecordedEvent]) -> uuid.UUID | None:
+    """The id of the log's last StepStarted (a step in flight, if any, is announced by it)."""
+    for event in events[::-1]:
+        if event.event_type == StepStarted.event_type:
+            return event.event_id
+    return None
 

@@ -22,12 +22,11 @@ from collections.abc import Callable, Sequence
 from contextvars import Context
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final
+from typing import Final
 
 from eventstore import EventStore, StoreUnavailable, UnitOfWork
 from ledger import metrics
 from saga import log, runs
-from saga.contracts import SagaEvent
 from saga.definition import SagaDefinition
 from saga.state import SagaState
 
@@ -44,8 +43,7 @@ class _Record:
     """One saga's record waiting for its transaction, and the future its waiter awaits."""
 
     state: SagaState
-    events: tuple[SagaEvent, ...]
-    metadata: dict[str, Any]
+    entries: tuple[log.Entry, ...]
     is_leased: bool
     done: asyncio.Future[SagaState] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
@@ -79,17 +77,12 @@ class SagaRecorder:
         self._writer: asyncio.Task[None] | None = None
 
     async def record(
-        self,
-        state: SagaState,
-        events: tuple[SagaEvent, ...],
-        metadata: dict[str, Any],
-        *,
-        is_leased: bool,
+        self, state: SagaState, entries: tuple[log.Entry, ...], *, is_leased: bool
     ) -> SagaState:
-        """Append `events` at the version `state` was folded to, renewing this worker's
+        """Append `entries` at the version `state` was folded to, renewing this worker's
         lease in the same transaction when `is_leased`; the state after them. Raises
         LeaseLost (nothing appended) and the store's errors, as a lone append would."""
-        pending = _Record(state, events, metadata, is_leased)
+        pending = _Record(state, entries, is_leased)
         self._queue.append(pending)
         if self._writer is None:
             # A context of its own: the writer serves every saga, not the one that woke it.
@@ -158,7 +151,7 @@ class SagaRecorder:
             held = await self._renew(unit, leased)
             kept = [p for p in batch if _is_held(p, held)]
             states = iter(await log.record_many(
-                unit, self._definition, [(p.state, p.events, p.metadata) for p in kept]
+                unit, self._definition, [(p.state, p.entries) for p in kept]
             ))  # fmt: skip
         if kept:
             metrics.saga_records_per_commit.observe(len(kept))

@@ -19,7 +19,9 @@ same id sent to another endpoint is an error reply ("400"), and nothing is appli
 On the wire a reply is a JSON envelope: `{"status": "ok", "reply": {...}}`,
 `{"status": "refused", "code", "message", "details"}` (recorded like a success), or
 `{"status": "error", "code", "message"}` (not recorded, so a later retry may succeed).
-Replies and refusal details are JSON without floats (money is integers in minor units).
+Replies and refusal details are JSON without floats (money is integers in minor units). A
+reply's headers carry the context the command was handled in: the sender's correlation and
+trace, caused by the command id (docs/causation.md).
 """
 
 from ledger.commands.client import CommandClient

@@ -13,7 +13,7 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from nats.micro.request import Request
@@ -93,8 +93,12 @@ class Answers:
         self._store = store
         self._conflict_retries = conflict_retries
 
-    async def answer(self, endpoint: Endpoint, request: Request) -> tuple[Outcome, Envelope]:
-        """Parse, then execute in the sender's context; every failure becomes an error reply."""
+    async def answer(
+        self, endpoint: Endpoint, request: Request
+    ) -> tuple[Outcome, Envelope, RequestContext]:
+        """Parse, then execute in the sender's context; every failure becomes an error reply.
+        Also the context it was answered in, for the reply's headers: caused by the command,
+        or with no cause when the request names no valid command."""
         sent = from_headers(request.headers)
         try:
             command = endpoint.request_model.model_validate_json(request.data)
@@ -102,8 +106,9 @@ class Answers:
             description = describe_invalid(endpoint.subject, error)
             with bound(sent):  # the sender's correlation and trace, to find who sent it
                 _log.warning("%s", description)
-            return "error", error_envelope("400", description)
-        return await self.answer_in(endpoint, command, sent.caused_by(str(command.command_id)))
+            return "error", error_envelope("400", description), replace(sent, causation_id=None)
+        handling = sent.caused_by(str(command.command_id))
+        return (*await self.answer_in(endpoint, command, handling), handling)
 
     async def answer_in(
         self, endpoint: Endpoint, command: Command, context: RequestContext

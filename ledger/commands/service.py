@@ -32,7 +32,7 @@ from ledger.commands.envelope import (
     error_envelope,
     one_at_a_time,
 )
-from ledger.context import from_headers
+from ledger.context import RequestContext, from_headers
 
 DEFAULT_MAX_IN_FLIGHT: Final = 64
 """Requests one endpoint of one instance handles at once; more wait in the subscription."""
@@ -192,8 +192,8 @@ class CommandService:
     async def _serve(self, endpoint: Endpoint, request: Request) -> None:
         """Answer one request, counting and timing its outcome."""
         started_s = time.perf_counter()
-        outcome, envelope = await self._answers.answer(endpoint, request)
-        await self._respond(endpoint, request, outcome, envelope, started_s)
+        outcome, envelope, answered_in = await self._answers.answer(endpoint, request)
+        await self._respond(endpoint, request, outcome, envelope, answered_in, started_s)
 
     async def _serve_batch(self, endpoint: Endpoint, batch: Sequence[Queued]) -> None:
         """Answer a batch of requests: together when that works, else each alone. Every
@@ -211,7 +211,7 @@ class CommandService:
         for queued, (outcome, envelope) in zip(batch, answers, strict=True):
             try:
                 await self._respond(endpoint, queued.request, outcome, envelope,
-                                    queued.started_s)  # fmt: skip
+                                    queued.context, queued.started_s)  # fmt: skip
             except Exception:
                 _log.exception("could not answer a request on %s", endpoint.subject)
             finally:
@@ -219,15 +219,17 @@ class CommandService:
 
     async def _respond(
         self, endpoint: Endpoint, request: Request, outcome: Outcome, envelope: Envelope,
-        started_s: float,
+        answered_in: RequestContext, started_s: float,
     ) -> None:
-        """Send the answer, counting and timing its outcome."""
+        """Send the answer in the headers of the context it was answered in (the sender's
+        correlation and trace, caused by the command), counting and timing its outcome."""
         endpoint.outcomes[outcome] += 1
         metrics.command_seconds.labels(endpoint=endpoint.subject, outcome=outcome).observe(
             time.perf_counter() - started_s
         )
         data = orjson.dumps(envelope)
+        headers = answered_in.as_headers()
         if envelope["status"] == "error":
-            await request.respond_error(envelope["code"], envelope["message"], data)
+            await request.respond_error(envelope["code"], envelope["message"], data, headers)
         else:
-            await request.respond(data)
+            await request.respond(data, headers)

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from pydantic import BaseModel, ConfigDict
 
 from eventstore import EventStore, NewEvent, StreamNotFound, UnitOfWork
@@ -23,7 +24,15 @@ from ledger.commands import (
     CommandService,
     Incoming,
 )
-from ledger.context import bound, current, new_context
+from ledger.context import (
+    CAUSATION_HEADER,
+    CORRELATION_HEADER,
+    TRACEPARENT_HEADER,
+    RequestContext,
+    bound,
+    current,
+    new_context,
+)
 
 LIMIT_MINOR = 1_000
 BOOM_MINOR = 666
@@ -150,6 +159,34 @@ async def test_commands_that_queue_up_are_decided_together_each_in_its_senders_c
         assert event.metadata["actor"] == f"teller-{command.account_id}"
         assert event.metadata["causation_id"] == str(command.command_id)
         assert await recorded(store, command)
+
+
+async def test_each_reply_of_a_batch_carries_its_senders_correlation_caused_by_its_command(
+    nc: Client, store: EventStore, service_name: str
+) -> None:
+    endpoint = BatchDeposits()
+    commands = [deposit(10, "b0"), deposit(LIMIT_MINOR + 1, "b1"), deposit(20, "b2")]
+    senders = [new_context().caused_by(f"step-started-{n}") for n in range(len(commands))]
+
+    async def send(command: Deposit, sender: RequestContext) -> Msg:
+        return await nc.request(f"{service_name}.deposit", command.model_dump_json().encode(),
+                                timeout=10.0, headers=sender.as_headers())  # fmt: skip
+
+    async with serving(nc, store, service_name, endpoint):
+        first = asyncio.create_task(send(commands[0], senders[0]))
+        await endpoint.first_batch_started.wait()
+        rest = [asyncio.create_task(send(command, sender))
+                for command, sender in zip(commands[1:], senders[1:], strict=True)]  # fmt: skip
+        await asyncio.sleep(0.5)  # the requests reach the service's queue meanwhile
+        endpoint.gate.set()
+        replies = await asyncio.gather(first, *rest)
+
+    assert [len(batch) for batch in endpoint.batches] == [1, 2]
+    for command, sender, reply in zip(commands, senders, replies, strict=True):
+        assert reply.headers is not None
+        assert reply.headers[CORRELATION_HEADER] == sender.correlation_id
+        assert reply.headers[CAUSATION_HEADER] == str(command.command_id)
+        assert reply.headers[TRACEPARENT_HEADER].split("-")[1] == sender.trace_id
 
 
 async def test_a_refused_command_leaves_no_effect_while_its_batch_commits(

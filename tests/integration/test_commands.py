@@ -24,7 +24,15 @@ from ledger.commands import (
     CommandRefused,
     CommandService,
 )
-from ledger.context import bound, current, new_context
+from ledger.context import (
+    ACTOR_HEADER,
+    CAUSATION_HEADER,
+    CORRELATION_HEADER,
+    TRACEPARENT_HEADER,
+    bound,
+    current,
+    new_context,
+)
 from tests.integration.json_logs import json_lines
 
 DEPOSIT_LIMIT_MINOR = 1_000
@@ -321,6 +329,43 @@ async def test_the_senders_correlation_reaches_the_appended_events_metadata(
     assert event.metadata["causation_id"] == str(command.command_id)
     assert event.metadata["actor"] == "teller-7"
     assert event.metadata["traceparent"].split("-")[1] == sender.trace_id
+
+
+@pytest.mark.parametrize("amount_minor", [500, DEPOSIT_LIMIT_MINOR + 1], ids=["ok", "refused"])
+async def test_a_reply_carries_the_senders_correlation_and_trace_caused_by_the_command(
+    nc: Client, store: EventStore, service_name: str, amount_minor: int
+) -> None:
+    command = deposit(amount_minor)
+    sender = new_context(actor="teller-7").caused_by("step-started-1")
+    async with serving(nc, store, service_name, DepositEndpoint()):
+        replies = [await nc.request(f"{service_name}.deposit", command.model_dump_json().encode(),
+                                    timeout=2.0, headers=sender.as_headers())
+                   for _ in range(2)]  # the second is the recorded reply, replayed
+
+    for reply in replies:
+        assert reply.headers is not None
+        assert reply.headers[CORRELATION_HEADER] == sender.correlation_id
+        assert reply.headers[CAUSATION_HEADER] == str(command.command_id)
+        assert reply.headers[ACTOR_HEADER] == "teller-7"
+        assert reply.headers[TRACEPARENT_HEADER].split("-")[1] == sender.trace_id
+    if amount_minor <= DEPOSIT_LIMIT_MINOR:  # the reply comes from the span of the effect
+        [event] = await store.read_stream("account-alice")
+        assert (replies[0].headers or {})[TRACEPARENT_HEADER] == event.metadata["traceparent"]
+
+
+async def test_a_bad_request_error_carries_the_senders_correlation_and_trace_and_no_cause(
+    nc: Client, store: EventStore, service_name: str
+) -> None:
+    sender = new_context().caused_by("step-started-1")
+    async with serving(nc, store, service_name, DepositEndpoint()):
+        reply = await nc.request(f"{service_name}.deposit", b"{}", timeout=2.0,
+                                 headers=sender.as_headers())  # fmt: skip
+
+    assert reply.headers is not None
+    assert reply.headers["Nats-Service-Error-Code"] == "400"
+    assert reply.headers[CORRELATION_HEADER] == sender.correlation_id
+    assert reply.headers[TRACEPARENT_HEADER].split("-")[1] == sender.trace_id
+    assert CAUSATION_HEADER not in reply.headers
 
 
 async def test_an_invalid_command_is_logged_with_its_senders_correlation_and_trace(

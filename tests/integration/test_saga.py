@@ -21,6 +21,7 @@ import httpx
 import nats
 import orjson
 import pytest
+from nats.aio.msg import Msg
 
 from eventstore import EventStore, UnitOfWork
 from ledger import context
@@ -277,6 +278,85 @@ async def test_a_funded_transfer_completes_and_moves_the_money(
     assert risk["open_exposure"] == "0.00"
 
 
+async def test_one_transfer_is_one_chain_of_causes_across_the_services(
+    host: ServiceHost, client: httpx.AsyncClient, trade: Trade, settings: Settings,
+    pool: asyncpg.Pool,
+) -> None:
+    # SagaStarted -> StepStarted -> its command (and the participant's events) -> the reply
+    # -> the recorded outcome, under one correlation and one trace.
+    payer, payee = await funded_account(client, "10.00"), await funded_account(client, None)
+    await known_to_risk(client, payer, payee)
+    request = transfer(payer, payee, 250)
+    requested = context.new_context(actor="teller-7").caused_by(str(uuid.uuid4()))
+    ours = functools.partial(_is_ours, requested)
+    assert host.nc is not None
+    commands: list[Msg] = []
+    replies: list[Msg] = []
+    watching = [await host.nc.subscribe(f"{name}.*", cb=_keeper(commands))
+                for name in (PARTICIPANTS.risk, PARTICIPANTS.account, PARTICIPANTS.trade)]
+    watching.append(await host.nc.subscribe("_INBOX.>", cb=_keeper(replies)))  # fmt: skip
+
+    with context.bound(requested):
+        assert await start(host, request)
+    async with orchestrators(host):
+        saga = await settled(client, request.transfer_id)
+    await until(lambda: _are_all_answered(list(filter(ours, commands)),
+                                          list(filter(ours, replies))))  # fmt: skip
+    for subscription in watching:
+        await subscription.unsubscribe()
+
+    assert saga["status"] == "completed", saga
+    log = await host.runtimes["saga"].store.read_stream(f"saga-{request.transfer_id}")
+    started, announcements = log[0], [e for e in log if e.event_type == "StepStarted"]
+    assert started.metadata["causation_id"] == requested.causation_id
+    assert {e.metadata["causation_id"] for e in announcements} == {str(started.event_id)}
+    announced = {str(e.event_id): e.data["command_id"] for e in announcements}
+    sent = {orjson.loads(m.data)["command_id"]: m.headers for m in filter(ours, commands)}
+    assert len(sent) == 5
+    for command_id, headers in sent.items():
+        assert headers is not None
+        assert announced[headers[context.CAUSATION_HEADER]] == command_id
+    answered = {(m.headers or {}).get(context.CAUSATION_HEADER) for m in filter(ours, replies)}
+    assert answered == set(sent)
+    in_flight = None
+    for event in log:
+        if event.event_type == "StepStarted":
+            in_flight = event.data["command_id"]
+        elif event.event_type in {"StepSucceeded", "StepRefused", "StepFailed"}:
+            assert event.metadata["causation_id"] == in_flight, event
+    effects = [row for name in ("account", "risk") for row in await pool.fetch(
+        f"select metadata from {settings.schema_for(name)}.events"
+        " where metadata->>'correlation_id' = $1", requested.correlation_id)]  # fmt: skip
+    assert effects
+    assert {orjson.loads(row["metadata"])["causation_id"] for row in effects} <= set(sent)
+    traceparents = [
+        *(e.metadata["traceparent"] for e in log),
+        *(orjson.loads(row["metadata"])["traceparent"] for row in effects),
+        *((m.headers or {})[context.TRACEPARENT_HEADER] for m in filter(ours, commands)),
+        *((m.headers or {})[context.TRACEPARENT_HEADER] for m in filter(ours, replies)),
+    ]
+    assert {traceparent.split("-")[1] for traceparent in traceparents} == {requested.trace_id}
+
+
+def _keeper(kept: list[Msg]) -> Callable[[Msg], Awaitable[None]]:
+    async def keep(message: Msg) -> None:
+        kept.append(message)
+
+    return keep
+
+
+async def _has_heard(kept: list[Msg], count: int) -> bool:
+    return len(kept) >= count
+
+
+def _is_ours(sender: context.RequestContext, message: Msg) -> bool:
+    return (message.headers or {}).get(context.CORRELATION_HEADER) == sender.correlation_id
+
+
+async def _are_all_answered(commands: list[Msg], replies: list[Msg]) -> bool:
+    return len(replies) >= len(commands)
+
+
 async def test_risk_weighs_a_transfer_at_its_amount(
     host: ServiceHost, client: httpx.AsyncClient, trade: Trade
 ) -> None:
@@ -339,6 +419,9 @@ async def test_a_saga_stopped_mid_step_is_finished_by_another_orchestrator(
     request = transfer(payer, payee, 100)
     trade.hang.add(request.transfer_id)
     await start(host, request)
+    assert host.nc is not None
+    sent: list[Msg] = []
+    watching = await host.nc.subscribe(f"{PARTICIPANTS.trade}.complete", cb=_keeper(sent))
 
     async with orchestrators(host):  # it posts, then waits on the trade service...
         await until(lambda: _is_told(trade, request.transfer_id))
@@ -346,12 +429,19 @@ async def test_a_saga_stopped_mid_step_is_finished_by_another_orchestrator(
     trade.hang.discard(request.transfer_id)
     async with orchestrators(host):
         saga = await settled(client, request.transfer_id)
+    await until(lambda: _has_heard(sent, 2))  # the send and the resend
+    await watching.unsubscribe()
 
     assert saga["status"] == "completed", saga
     assert (await account(client, payer))["balance"] == "4.00"
     assert (await account(client, payee))["balance"] == "1.00"
     completes = {cid for name, tid, cid in trade.received if tid == request.transfer_id}
     assert len(completes) == 1, "the resend carried the same command id"
+    log = await host.runtimes["saga"].store.read_stream(f"saga-{request.transfer_id}")
+    [announced] = [e for e in log if e.event_type == "StepStarted" and e.data["step"] == "complete"]
+    causes = {(m.headers or {}).get(context.CAUSATION_HEADER) for m in sent
+              if orjson.loads(m.data)["command_id"] == announced.data["command_id"]}  # fmt: skip
+    assert causes == {str(announced.event_id)}, "the resend names the same StepStarted"
 
 
 async def test_two_orchestrators_never_apply_a_saga_twice(

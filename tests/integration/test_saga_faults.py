@@ -37,8 +37,8 @@ from ledger.commands import CommandService
 from ledger.host import Runtime, Service, ServiceHost, running
 from ledger.http import create_app
 from ledger.settings import Settings
-from saga import Orchestrator, Participants, SagaService
-from saga.contracts import SagaEvent, StepSucceeded, stream_of
+from saga import Orchestrator, Participants, SagaService, log
+from saga.contracts import StepSucceeded, stream_of
 from saga.decisions import Outcome, Send
 from saga.definition import command_id
 from saga.state import SagaState
@@ -108,10 +108,11 @@ class CrashingOrchestrator(Orchestrator):
             await self._die()
         return outcome
 
-    async def _record(self, state: SagaState, events: tuple[SagaEvent, ...]) -> SagaState:
-        state = await super()._record(state, events)
+    async def _record(self, state: SagaState, entries: tuple[log.Entry, ...]) -> SagaState:
+        state = await super()._record(state, entries)
         if self.point == "after_recorded" and any(
-            isinstance(event, StepSucceeded) and event.step == self.step for event in events
+            isinstance(entry.event, StepSucceeded) and entry.event.step == self.step
+            for entry in entries
         ):
             await self._die()
         return state

@@ -40,8 +40,10 @@ async def leased_sagas(store: EventStore, count: int) -> list[SagaState]:
     return states
 
 
-def step_started(step: str = "assess") -> tuple[StepStarted, ...]:
-    return (StepStarted(step=step, command_id=uuid.uuid4(), attempt=1, is_compensation=False),)
+def step_started(step: str = "assess") -> tuple[log.Entry, ...]:
+    return log.entries(
+        (StepStarted(step=step, command_id=uuid.uuid4(), attempt=1, is_compensation=False),), {}
+    )
 
 
 async def transactions_of(store: EventStore, states: list[SagaState]) -> dict[str, int]:
@@ -60,7 +62,7 @@ async def test_records_that_arrive_together_share_a_transaction(saga_store: Even
     recorder = recorder_of(saga_store, lease_until)
 
     after = await asyncio.gather(
-        *(recorder.record(state, step_started(), {}, is_leased=True) for state in states)
+        *(recorder.record(state, step_started(), is_leased=True) for state in states)
     )
 
     assert [state.version for state in after] == [2] * 20
@@ -83,7 +85,7 @@ async def test_a_record_whose_lease_is_gone_fails_alone(saga_store: EventStore) 
     recorder = recorder_of(saga_store)
 
     outcomes = await asyncio.gather(
-        *(recorder.record(state, step_started(), {}, is_leased=True) for state in states),
+        *(recorder.record(state, step_started(), is_leased=True) for state in states),
         return_exceptions=True,
     )
 
@@ -98,11 +100,11 @@ async def test_a_record_at_a_stale_version_fails_alone(saga_store: EventStore) -
     states = await leased_sagas(saga_store, 6)
     stale = states[2]
     # Another writer appended to this saga since its state was folded.
-    await recorder_of(saga_store).record(stale, step_started(), {}, is_leased=True)
+    await recorder_of(saga_store).record(stale, step_started(), is_leased=True)
     recorder = recorder_of(saga_store)
 
     outcomes = await asyncio.gather(
-        *(recorder.record(state, step_started("reserve"), {}, is_leased=True)
+        *(recorder.record(state, step_started("reserve"), is_leased=True)
           for state in states),
         return_exceptions=True,
     )  # fmt: skip
@@ -118,7 +120,7 @@ async def test_a_record_the_store_refuses_fails_alone(saga_store: EventStore) ->
     recorder = recorder_of(saga_store)
 
     outcomes = await asyncio.gather(
-        *(recorder.record(state, () if i == 1 else step_started(), {}, is_leased=True)
+        *(recorder.record(state, () if i == 1 else step_started(), is_leased=True)
           for i, state in enumerate(states)),
         return_exceptions=True,
     )  # fmt: skip
@@ -133,7 +135,7 @@ async def test_closing_cancels_the_queued_records_and_writes_none(
 ) -> None:
     states = await leased_sagas(saga_store, 10)
     recorder = recorder_of(saga_store)
-    waiting = [asyncio.create_task(recorder.record(state, step_started(), {}, is_leased=True))
+    waiting = [asyncio.create_task(recorder.record(state, step_started(), is_leased=True))
                for state in states]  # fmt: skip
     await asyncio.sleep(0)  # every record queued; the writer they started has not run yet
 
@@ -143,5 +145,5 @@ async def test_closing_cancels_the_queued_records_and_writes_none(
     assert all(isinstance(outcome, asyncio.CancelledError) for outcome in outcomes), outcomes
     assert await transactions_of(saga_store, states) == {}
     # Closed is not dead: the next record starts a writer of its own.
-    again = await recorder.record(states[0], step_started(), {}, is_leased=True)
+    again = await recorder.record(states[0], step_started(), is_leased=True)
     assert again.version == 2
