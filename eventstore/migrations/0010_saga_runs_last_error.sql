@@ -8,7 +8,9 @@
 --
 -- The fold's last error is exact from the saga's events: the latest StepFailed or SagaParked
 -- (its error), StepRefused ('refused: ' and its code) or StepSucceeded (none). Only rows that
--- show an error are looked at (a stale one is never empty), and a row is changed only at the
+-- show an error are looked at, and compensating ones: the projection set no error on a
+-- refusal, so a saga compensating since one shows none (a refusal that parks sets one, and
+-- a saga is final only after a step it compensated with succeeded). A row is changed only at the
 -- version its events were read at: a saga appended to meanwhile keeps what its projection
 -- wrote. A schema without `saga_runs` (every service's but the saga's) is left alone.
 
@@ -32,7 +34,7 @@ begin
                      order by e.stream_version desc
                      limit 1) as last_error
               from {schema}.saga_runs runs
-             where runs.last_error is not null) as derived
+             where runs.last_error is not null or runs.status = 'compensating') as derived
      where r.saga_id = derived.saga_id
        and r.version = derived.version
        and r.last_error is distinct from derived.last_error;

@@ -14,6 +14,8 @@ import pytest
 from nats.js.api import StreamConfig
 
 from eventstore import NO_STREAM, EventStore
+from eventstore.retention import TrackingTable
+from eventstore.retention import prune as prune_rows
 from ledger.bus import ensure_streams
 from ledger.settings import SERVICES
 from saga import log
@@ -207,3 +209,25 @@ async def test_a_keys_age_below_a_day_is_refused_with_exit_2(cli: Cli) -> None:
     result = await cli.run("prune", "--idempotency-keys-days", "0.5")
 
     assert result.exit_code == 2
+
+
+async def test_hundreds_of_thousands_of_kept_replies_are_kept_and_the_rest_pruned(
+    store: EventStore,
+) -> None:
+    # 300,000 kept ids hash past the default work_mem: as an array in the statement they
+    # were compared with each row one by one, and this ran for minutes (docs/retention.md).
+    schema, kept = store.schema, [uuid.uuid4() for _ in range(300_000)]
+    await store.pool.execute(
+        f"insert into {schema}.command_replies (command_id, endpoint, reply, recorded_at)"
+        " select id, 'e', '{}', now() - interval '30 days'"
+        " from unnest($1::uuid[] || $2::uuid[]) as id",
+        kept, [uuid.uuid4() for _ in range(10_000)],
+    )  # fmt: skip
+    before = datetime.now(UTC)
+
+    for dry_run in (True, False):
+        counted = await prune_rows(store.pool, schema, TrackingTable.COMMAND_REPLIES, before,
+                                   keep=set(kept), dry_run=dry_run)  # fmt: skip
+        assert counted == 10_000
+    left = await store.pool.fetchval(f"select count(*) from {schema}.command_replies")
+    assert left == 300_000

@@ -212,3 +212,26 @@ async def test_migrating_corrects_the_errors_an_older_projection_kept_from_the_e
         "tr-recovered": None, "tr-failing": "timeout",
         "tr-parked": "reject refused (not_now): no detail",
     }  # fmt: skip
+
+
+async def test_migrating_sets_the_refusal_an_older_projection_never_wrote(
+    saga_store: EventStore,
+) -> None:
+    # A refusal of a step before the pivot compensates: until the next step's outcome the
+    # saga's fold shows the refusal, where the older projection, which set no error on a
+    # refusal, left the row's empty (it had seen no failure).
+    schema = saga_store.schema
+    first = RECOVERING_SAGA[0]
+    assert isinstance(first, SagaStarted)
+    refused = [first.model_copy(update={"saga_id": "tr-refused"}),
+               step("assess"), StepSucceeded(step="assess", reply={}), *RECOVERING_SAGA[5:8]]
+    await saga_store.append(stream_of("tr-refused"), log.new_events(refused, {}), NO_STREAM)
+    await saga_store.pool.execute(f"update {schema}.saga_runs set last_error = null")
+    await saga_store.pool.execute(
+        f"delete from {schema}.schema_migrations where name = 'saga_runs_last_error'"
+    )
+
+    await saga_store.migrate()
+
+    listed = await saga_store.pool.fetchval(f"select last_error from {schema}.saga_runs")
+    assert listed == fold(SETTLE_LEGS, refused).last_error == "refused: insufficient_funds"
