@@ -127,8 +127,10 @@ class Answers:
                     "command %s on %s failed", command.command_id, endpoint.subject,
                     extra={"command_id": str(command.command_id), "endpoint": endpoint.subject},
                 )
-                # The cause stays in our logs; the sender gets the id to find it by.
-                message = f"{endpoint.subject} failed; see correlation {context.correlation_id}"
+                # The cause stays in our logs; the sender gets the id to find it by: the
+                # command's, not the correlation id, which names the request that began the
+                # saga and reaches every reader of the transfer's steps (docs/auth.md).
+                message = f"{endpoint.subject} failed; see command {command.command_id} in the logs"
                 return "error", error_envelope("500", message)
 
     async def answer_batch(

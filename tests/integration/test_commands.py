@@ -7,6 +7,7 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 
 import orjson
 import pytest
@@ -396,15 +397,21 @@ async def test_an_unexpected_failure_is_an_error_reply_that_records_nothing(
         raise RuntimeError("disk on fire")
 
     client = CommandClient(nc, timeout_s=2.0, max_retries=0)
+    command = deposit(5)
     await service.start()
     try:
-        with pytest.raises(CommandFailed) as failed:
-            await client.send(f"{service_name}.deposit", deposit(5), Deposited)
+        with pytest.raises(CommandFailed) as failed, bound(
+            replace(new_context(), correlation_id="the-request-that-began-it")
+        ):
+            await client.send(f"{service_name}.deposit", command, Deposited)
     finally:
         await service.stop()
 
     assert failed.value.code == "500"
     assert "disk on fire" not in str(failed.value)
+    # The reply names the command to find the logs by, not the request that began it.
+    assert str(command.command_id) in str(failed.value)
+    assert "the-request-that-began-it" not in str(failed.value)
     assert "disk on fire" in caplog.text
     assert await event_count(store) == 0
     assert await recorded_count(store) == 0
