@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 
 from eventstore import EventStore
 from ledger.commands import CommandClient, CommandFailed, CommandService
@@ -98,16 +99,24 @@ async def send(client: CommandClient, token: str, command: Assess) -> Decision:
     return await client.send(f"{token}.assess", command, Decision)
 
 
-async def test_an_account_unfrozen_a_moment_ago_is_asked_again_then_approved(
-    nc: Client, risk_store: EventStore, token: str, ask: CommandClient
-) -> None:
+async def unfrozen_a_moment_ago(nc: Client, risk_store: EventStore, token: str
+                                ) -> JetStreamContext:  # fmt: skip
+    """Accounts "a" and "b" opened, "a" frozen in the view, and its unfreeze published but
+    not in the view yet."""
     js = nc.jetstream()
     for account_id in ("a", "b"):
         await publish(js, token, account_event(account_id, "AccountOpened", 1))
     await publish(js, token, account_event("a", "AccountFrozen", 2))
     async with consuming(nc, risk_store, token):
         await wait_until(lambda: _is_status(risk_store, "a", "frozen"))
-    await publish(js, token, account_event("a", "AccountUnfrozen", 3))  # not in the view yet
+    await publish(js, token, account_event("a", "AccountUnfrozen", 3))
+    return js
+
+
+async def test_an_account_unfrozen_a_moment_ago_is_asked_again_then_approved(
+    nc: Client, risk_store: EventStore, token: str, ask: CommandClient
+) -> None:
+    js = await unfrozen_a_moment_ago(nc, risk_store, token)
     command = assess(move(100))
 
     with pytest.raises(CommandFailed) as not_ready:
@@ -222,13 +231,7 @@ async def test_the_decision_rests_on_the_view_as_of_when_it_was_found_current(
     # The consumer may fold an event between the batch's read of the view and NATS saying
     # the view is current: the view must be read after, or an unfreeze it has just handled
     # is not seen and the transfer is refused `account_frozen`.
-    js = nc.jetstream()
-    for account_id in ("a", "b"):
-        await publish(js, token, account_event(account_id, "AccountOpened", 1))
-    await publish(js, token, account_event("a", "AccountFrozen", 2))
-    async with consuming(nc, risk_store, token):
-        await wait_until(lambda: _is_status(risk_store, "a", "frozen"))
-    await publish(js, token, account_event("a", "AccountUnfrozen", 3))  # not in the view yet
+    js = await unfrozen_a_moment_ago(nc, risk_store, token)
     has_handled_through = view_consumer.has_handled_through
 
     async def handled_as_nats_is_asked(stream_sequence: int) -> bool:
