@@ -156,13 +156,22 @@ class EventStore:
         if from_version is None:
             from_version = 1 if direction is Direction.FORWARD else 2**62
         with translated_errors(stream_id):
-            events = await reads.fetch_stream(
-                self.pool, self.schema, stream_id, from_version=from_version,
-                direction=direction, limit=limit, upcasters=self.upcasters,
-            )
-            if not events and await self.stream_version(stream_id) == 0:
-                raise StreamNotFound(stream_id)
+            events = await self._fetch_stream(stream_id, from_version, direction, limit)
+            if not events:
+                if await self.stream_version(stream_id) == 0:
+                    raise StreamNotFound(stream_id)
+                # The stream may have been committed between the two statements (each sees
+                # what was committed when it began): read what the second one saw, not [].
+                events = await self._fetch_stream(stream_id, from_version, direction, limit)
         return events
+
+    async def _fetch_stream(
+        self, stream_id: str, from_version: int, direction: Direction, limit: int
+    ) -> list[RecordedEvent]:
+        return await reads.fetch_stream(
+            self.pool, self.schema, stream_id, from_version=from_version,
+            direction=direction, limit=limit, upcasters=self.upcasters,
+        )  # fmt: skip
 
     async def stream_version(self, stream_id: str) -> int:
         """The stream's current version; 0 when it does not exist."""

@@ -74,6 +74,24 @@ async def test_exact_version_refuses_a_missing_stream(store: EventStore) -> None
         await store.read_stream("account-1")
 
 
+async def test_a_stream_committed_between_the_read_and_its_existence_check_is_read(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by the long system profile: a saga's log read as its first events committed
+    # came back empty (the events query saw no stream, the existence check then did), and
+    # `GET /v1/sagas/{id}` folded nothing into a 500.
+    check_existence = store.stream_version
+
+    async def committed_meanwhile(stream_id: str) -> int:
+        await store.append(stream_id, [opened()], NO_STREAM)  # another writer, just then
+        return await check_existence(stream_id)
+
+    monkeypatch.setattr(store, "stream_version", committed_meanwhile)
+    events = await store.read_stream("account-1")
+
+    assert [event.event_type for event in events] == ["AccountOpened"]
+
+
 async def test_any_appends_whatever_the_version(store: EventStore) -> None:
     await store.append("account-1", [opened()], ANY)
     result = await store.append("account-1", [deposited(1)], ANY)
