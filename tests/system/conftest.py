@@ -11,7 +11,8 @@ tests' services (their events stay in the stream for the session).
 
 Profiles (`--hypothesis-profile=NAME`, applied to this package's state machine only):
 `ci` (the default here: a handful of short runs, about a minute for the whole package on
-two cores) and `long` (200 runs of up to 50 steps, shrinking on).
+two cores) and `long` (200 runs of up to 50 steps, shrinking on; about 25 minutes here, so
+raise the watchdog's `LEDGER_TEST_STUCK_S` above it, or the run is ended at 600 s).
 """
 
 from __future__ import annotations
@@ -42,9 +43,10 @@ settings.register_profile(
 
 
 def system_profile() -> settings:
-    """The profile the state machine runs with: `long` when asked for, else `ci`."""
-    name = "long" if settings.get_current_profile_name() == "long" else "ci"
-    return settings.get_profile(name)
+    """The profile the state machine runs with: `long` when asked for (also with
+    `--hypothesis-verbosity`, whose plugin names it `long-with-<level>-verbosity`), else `ci`."""
+    name = settings.get_current_profile_name()
+    return settings.get_profile(name if name.startswith("long") else "ci")
 
 
 @pytest.fixture(scope="package")

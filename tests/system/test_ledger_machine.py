@@ -149,7 +149,12 @@ class LedgerMachine(RuleBasedStateMachine):
         self.transfer_over_a_limit(data)
         self.trade_the_seller_cannot_deliver(data)
         if program % STALL_EVERY == 0:  # draws nothing: which program stalls is not data
+            # Nor may it change what later rules draw from: the stalled trade and the
+            # deposits funding it are not offered for replay, or a program replayed while
+            # shrinking would draw from a list of another length (FlakyStrategyDefinition).
+            offered = len(self.sent)
             self.trade_with_a_stalled_reserve()
+            del self.sent[offered:]
 
     def transfer_over_a_limit(self, data: st.DataObject) -> None:
         """A per-movement limit on a payer (funded for more), and a transfer above it that
