@@ -190,24 +190,37 @@ async def test_the_last_error_of_a_row_is_the_sagas_own_after_every_event(
             assert (event.event_type, listed) == (event.event_type, expected)
 
 
-async def test_migrating_corrects_the_errors_an_older_projection_kept_from_the_events(
-    saga_store: EventStore,
-) -> None:
-    schema = saga_store.schema
+def started_as(saga_id: str) -> SagaStarted:
+    """The recovering saga's SagaStarted, for a saga of another id."""
     first = RECOVERING_SAGA[0]
     assert isinstance(first, SagaStarted)
-    for saga_id, length in (("tr-recovered", 5), ("tr-failing", 3), ("tr-parked", 13)):
-        events = [first.model_copy(update={"saga_id": saga_id}), *RECOVERING_SAGA[1:length]]
-        await saga_store.append(stream_of(saga_id), log.new_events(events, {}), NO_STREAM)
-    # The rows as the projection left them before it cleared errors: the first one, kept.
-    await saga_store.pool.execute(f"update {schema}.saga_runs set last_error = 'timeout'")
+    return first.model_copy(update={"saga_id": saga_id})
+
+
+async def migrate_from(saga_store: EventStore, older_last_error: str | None) -> None:
+    """Every row's `last_error` as an older projection left it, then migration 0010 again."""
+    schema = saga_store.schema
+    await saga_store.pool.execute(f"update {schema}.saga_runs set last_error = $1",
+                                  older_last_error)  # fmt: skip
     await saga_store.pool.execute(
         f"delete from {schema}.schema_migrations where name = 'saga_runs_last_error'"
     )
-
     await saga_store.migrate()
 
-    rows = await saga_store.pool.fetch(f"select saga_id, last_error from {schema}.saga_runs")
+
+async def test_migrating_corrects_the_errors_an_older_projection_kept_from_the_events(
+    saga_store: EventStore,
+) -> None:
+    for saga_id, length in (("tr-recovered", 5), ("tr-failing", 3), ("tr-parked", 13)):
+        events = [started_as(saga_id), *RECOVERING_SAGA[1:length]]
+        await saga_store.append(stream_of(saga_id), log.new_events(events, {}), NO_STREAM)
+
+    # The rows as the projection left them before it cleared errors: the first one, kept.
+    await migrate_from(saga_store, "timeout")
+
+    rows = await saga_store.pool.fetch(
+        f"select saga_id, last_error from {saga_store.schema}.saga_runs"
+    )
     assert {row["saga_id"]: row["last_error"] for row in rows} == {  # each saga's fold
         "tr-recovered": None, "tr-failing": "timeout",
         "tr-parked": "reject refused (not_now): no detail",
@@ -220,18 +233,13 @@ async def test_migrating_sets_the_refusal_an_older_projection_never_wrote(
     # A refusal of a step before the pivot compensates: until the next step's outcome the
     # saga's fold shows the refusal, where the older projection, which set no error on a
     # refusal, left the row's empty (it had seen no failure).
-    schema = saga_store.schema
-    first = RECOVERING_SAGA[0]
-    assert isinstance(first, SagaStarted)
-    refused = [first.model_copy(update={"saga_id": "tr-refused"}),
-               step("assess"), StepSucceeded(step="assess", reply={}), *RECOVERING_SAGA[5:8]]
+    refused = [started_as("tr-refused"), step("assess"), StepSucceeded(step="assess", reply={}),
+               *RECOVERING_SAGA[5:8]]  # fmt: skip
     await saga_store.append(stream_of("tr-refused"), log.new_events(refused, {}), NO_STREAM)
-    await saga_store.pool.execute(f"update {schema}.saga_runs set last_error = null")
-    await saga_store.pool.execute(
-        f"delete from {schema}.schema_migrations where name = 'saga_runs_last_error'"
+
+    await migrate_from(saga_store, None)
+
+    listed = await saga_store.pool.fetchval(
+        f"select last_error from {saga_store.schema}.saga_runs"
     )
-
-    await saga_store.migrate()
-
-    listed = await saga_store.pool.fetchval(f"select last_error from {schema}.saga_runs")
     assert listed == fold(SETTLE_LEGS, refused).last_error == "refused: insufficient_funds"
